@@ -1,0 +1,16 @@
+"""ponder: a compiled decoding engine for test-time search."""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (loads torch's OpenMP runtime first, so ponder shares its threads)
+
+from ponder import _core, ops
+from ponder._core import KvCacheManager
+
+__version__ = "0.1.0"
+__all__ = ["KvCacheManager", "cuda_available", "ops"]
+
+
+def cuda_available() -> bool:
+    """Whether this build has CUDA kernels and the CUDA runtime sees a device."""
+    return bool(_core.cuda_built() and _core.cuda_device_count() > 0)

@@ -1,0 +1,220 @@
+"""Kernels on the paged KV cache: validate, allocate outputs, dispatch by device.
+
+The compiled kernels live in ``ponder._core`` and take tensors through DLPack, so they work
+with any torch >= 2.4. Shapes follow ``docs/architecture.md``: per layer, ``k_cache`` and
+``v_cache`` are ``[num_blocks, block_size, num_kv_heads, head_dim]`` and the slot of token
+``t`` of a sequence is ``block_table[t // block_size] * block_size + t % block_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ponder import _core
+
+__all__ = ["copy_blocks", "paged_attention", "paged_kv_append"]
+
+
+def _tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
+
+
+def _check_range(t: torch.Tensor, name: str, low: int, high: int) -> None:
+    """On CUDA the binding cannot read indices; check them here (one device sync)."""
+    if t.numel() == 0:
+        return
+    lo, hi = torch.aminmax(t)
+    lo, hi = int(lo), int(hi)
+    if lo < low or hi >= high:
+        bad = lo if lo < low else hi
+        raise ValueError(f"{name} holds {bad}, outside [{low}, {high})")
+
+
+def paged_kv_append(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write new key/value rows into the paged caches, in place.
+
+    Parameters
+    ----------
+    key, value : torch.Tensor
+        ``[num_tokens, num_kv_heads, head_dim]``, same dtype as the caches.
+    k_cache, v_cache : torch.Tensor
+        ``[num_blocks, block_size, num_kv_heads, head_dim]``; float32, bfloat16 or float16.
+    slot_mapping : torch.Tensor
+        int64 ``[num_tokens]``: the slot of each token; ``-1`` skips the token.
+
+    Examples
+    --------
+    >>> import torch, ponder.ops as ops
+    >>> k_cache = torch.zeros(4, 16, 2, 64); v_cache = torch.zeros_like(k_cache)
+    >>> key = torch.randn(3, 2, 64); value = torch.randn(3, 2, 64)
+    >>> ops.paged_kv_append(key, value, k_cache, v_cache, torch.tensor([16, 17, -1]))
+    >>> bool((k_cache[1, 0] == key[0]).all())
+    True
+    """
+    for x, n in ((key, "key"), (value, "value"), (k_cache, "k_cache"), (v_cache, "v_cache"),
+                 (slot_mapping, "slot_mapping")):
+        _tensor(x, n)
+    if k_cache.is_cuda and slot_mapping.is_cuda and k_cache.dim() == 4:
+        _check_range(slot_mapping, "slot_mapping", -1, k_cache.shape[0] * k_cache.shape[1])
+    _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping, stream=_stream(k_cache))
+
+
+def paged_attention(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    cu_query_lens: torch.Tensor | None = None,
+    scale: float | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    max_seq_len: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of packed query tokens over a paged KV cache.
+
+    Parameters
+    ----------
+    query : torch.Tensor
+        ``[num_tokens, num_heads, head_dim]``: the query tokens of all sequences, packed.
+    k_cache, v_cache : torch.Tensor
+        ``[num_blocks, block_size, num_kv_heads, head_dim]``; ``num_heads`` must be a
+        multiple of ``num_kv_heads`` (grouped-query attention). Same dtype as ``query``.
+    block_tables : torch.Tensor
+        int32 ``[batch, max_blocks_per_seq]``.
+    seq_lens : torch.Tensor
+        int32 ``[batch]``: each sequence's length with its new tokens already appended.
+    cu_query_lens : torch.Tensor, optional
+        int32 ``[batch + 1]`` prefix sums of the query lengths. ``None`` means decode: one
+        query token per sequence. A sequence's query tokens are its last ``q_len`` positions
+        and attend causally.
+    scale : float, optional
+        Softmax scale, ``1 / sqrt(head_dim)`` by default.
+    out : torch.Tensor, optional
+        Output buffer shaped like ``query``.
+    max_seq_len : int, optional
+        CUDA only: the longest sequence, to size split-KV work without a device sync.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[num_tokens, num_heads, head_dim]`` in the dtype of ``query``.
+
+    Examples
+    --------
+    >>> import torch, ponder.ops as ops
+    >>> k = torch.randn(2, 16, 1, 64); v = torch.randn(2, 16, 1, 64)
+    >>> q = torch.randn(1, 4, 64)   # one decode token, 4 heads sharing 1 KV head
+    >>> out = ops.paged_attention(q, k, v, torch.tensor([[1, 0]], dtype=torch.int32),
+    ...                           torch.tensor([20], dtype=torch.int32))
+    >>> out.shape
+    torch.Size([1, 4, 64])
+    """
+    for x, n in ((query, "query"), (k_cache, "k_cache"), (v_cache, "v_cache"),
+                 (block_tables, "block_tables"), (seq_lens, "seq_lens")):
+        _tensor(x, n)
+    if cu_query_lens is not None:
+        _tensor(cu_query_lens, "cu_query_lens")
+    if query.dim() != 3:
+        raise ValueError(f"query must be [num_tokens, num_heads, head_dim], got {list(query.shape)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
+    if out is None:
+        out = torch.empty_like(query)
+    else:
+        _tensor(out, "out")
+    workspace, num_splits = None, 1
+    if query.is_cuda:
+        workspace, num_splits, max_seq_len = _cuda_prepare(
+            query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq_len)
+    _core.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens, out,
+                          float(scale), max_seq_len=max_seq_len or 0, workspace=workspace,
+                          num_splits=num_splits, stream=_stream(query))
+    return out
+
+
+def _cuda_prepare(query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq_len):
+    if k_cache.dim() != 4 or block_tables.dim() != 2 or seq_lens.dim() != 1:
+        return None, 1, max_seq_len  # the binding reports the shape error
+    batch, max_blocks = block_tables.shape
+    num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
+    if seq_lens.dtype == torch.int32 and seq_lens.is_cuda and seq_lens.numel() == batch:
+        q_lens = (torch.ones_like(seq_lens) if cu_query_lens is None
+                  else (cu_query_lens[1:] - cu_query_lens[:-1]))
+        if cu_query_lens is not None and cu_query_lens.numel() == batch + 1:
+            if int(cu_query_lens[0]) != 0 or int(cu_query_lens[-1]) != query.shape[0]:
+                raise ValueError("cu_query_lens must start at 0 and end at num_tokens")
+            _check_range(q_lens, "cu_query_lens differences", 0, 2**31)
+        if batch and bool((seq_lens < q_lens).any()):
+            raise ValueError("seq_lens is shorter than a sequence's query tokens")
+        _check_range(seq_lens, "seq_lens", 0, max_blocks * block_size + 1)
+        if block_tables.dtype == torch.int32 and batch:
+            used = torch.arange(max_blocks, device=seq_lens.device)[None, :] * block_size
+            live = block_tables[used < seq_lens[:, None].to(used.dtype)]
+            _check_range(live, "block_tables", 0, num_blocks)
+        if max_seq_len is None:
+            max_seq_len = int(seq_lens.max()) if batch else 0
+    if max_seq_len is None:
+        return None, 1, 0
+    num_heads, num_kv_heads = query.shape[1], k_cache.shape[2]
+    if num_kv_heads == 0 or num_heads % num_kv_heads or cu_query_lens is not None:
+        return None, 1, max_seq_len
+    sms = _core.cuda_num_sms(query.device.index or 0)
+    splits = _core.paged_attention_num_splits(query.shape[0], num_heads, num_kv_heads,
+                                              max_seq_len, sms)
+    if splits == 1:
+        return None, 1, max_seq_len
+    size = _core.paged_attention_workspace_floats(query.shape[0], num_heads, query.shape[2], splits)
+    return torch.empty(size, dtype=torch.float32, device=query.device), splits, max_seq_len
+
+
+def copy_blocks(
+    k_caches: Sequence[torch.Tensor],
+    v_caches: Sequence[torch.Tensor],
+    src,
+    dst,
+) -> None:
+    """Copy whole blocks ``src[i] -> dst[i]`` in every layer's K and V cache, in place.
+
+    Applies the copy-on-write pairs returned by ``KvCacheManager.append``.
+
+    Parameters
+    ----------
+    k_caches, v_caches : sequence of torch.Tensor
+        One ``[num_blocks, block_size, num_kv_heads, head_dim]`` tensor per layer.
+    src, dst : torch.Tensor or sequence of int
+        int64 ``[num_pairs]`` block ids. ``dst`` ids are distinct and none is also a source.
+    """
+    k_caches, v_caches = list(k_caches), list(v_caches)
+    for i, c in enumerate(k_caches):
+        _tensor(c, f"k_caches[{i}]")
+    for i, c in enumerate(v_caches):
+        _tensor(c, f"v_caches[{i}]")
+    device = k_caches[0].device if k_caches else torch.device("cpu")
+    src = torch.as_tensor(src, dtype=torch.int64, device=device) if not isinstance(
+        src, torch.Tensor) else src
+    dst = torch.as_tensor(dst, dtype=torch.int64, device=device) if not isinstance(
+        dst, torch.Tensor) else dst
+    if device.type == "cuda" and src.is_cuda and dst.is_cuda and k_caches[0].dim() == 4:
+        n = k_caches[0].shape[0]
+        _check_range(src, "src", 0, n)
+        _check_range(dst, "dst", 0, n)
+        if dst.numel() and (torch.unique(dst).numel() != dst.numel()
+                            or bool(torch.isin(src, dst).any())):
+            raise ValueError("dst ids must be distinct and none may also be a src")
+    _core.copy_blocks(k_caches, v_caches, src, dst, stream=_stream(k_caches[0]) if k_caches else 0)
