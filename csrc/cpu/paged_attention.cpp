@@ -115,7 +115,8 @@ __attribute__((always_inline)) inline void attend_tile(const PagedAttentionParam
     const bool needs_mask = key0 + n - 1 > pos0;
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = s + r * bs;
-      const int64_t visible = needs_mask ? std::min(n, pos0 + r / group + 1 - key0) : n;
+      const int64_t visible =
+          needs_mask ? std::max<int64_t>(0, std::min(n, pos0 + r / group + 1 - key0)) : n;
       float block_max = -std::numeric_limits<float>::infinity();
       for (int64_t t = 0; t < visible; ++t) block_max = std::max(block_max, sr[t]);
       const float m_new = std::max(m[r], block_max);

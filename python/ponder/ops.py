@@ -24,6 +24,14 @@ def _tensor(x, name: str) -> torch.Tensor:
     return x
 
 
+def _same_device(ref: torch.Tensor, ref_name: str, **tensors: torch.Tensor | None) -> None:
+    if ref.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{ref_name} must be a CPU or CUDA tensor, got device {ref.device}")
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"{name} is on device {t.device} but {ref_name} is on {ref.device}")
+
+
 def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
@@ -69,7 +77,9 @@ def paged_kv_append(
     for x, n in ((key, "key"), (value, "value"), (k_cache, "k_cache"), (v_cache, "v_cache"),
                  (slot_mapping, "slot_mapping")):
         _tensor(x, n)
-    if k_cache.is_cuda and slot_mapping.is_cuda and k_cache.dim() == 4:
+    _same_device(k_cache, "k_cache", key=key, value=value, v_cache=v_cache,
+                 slot_mapping=slot_mapping)
+    if k_cache.is_cuda and k_cache.dim() == 4:
         _check_range(slot_mapping, "slot_mapping", -1, k_cache.shape[0] * k_cache.shape[1])
     _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping, stream=_stream(k_cache))
 
@@ -130,14 +140,16 @@ def paged_attention(
         _tensor(x, n)
     if cu_query_lens is not None:
         _tensor(cu_query_lens, "cu_query_lens")
+    if out is not None:
+        _tensor(out, "out")
+    _same_device(query, "query", k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+                 seq_lens=seq_lens, cu_query_lens=cu_query_lens, out=out)
     if query.dim() != 3:
         raise ValueError(f"query must be [num_tokens, num_heads, head_dim], got {list(query.shape)}")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     if out is None:
         out = torch.empty_like(query)
-    else:
-        _tensor(out, "out")
     workspace, num_splits = None, 1
     if query.is_cuda:
         workspace, num_splits, max_seq_len = _cuda_prepare(
@@ -210,7 +222,11 @@ def copy_blocks(
         src, torch.Tensor) else src
     dst = torch.as_tensor(dst, dtype=torch.int64, device=device) if not isinstance(
         dst, torch.Tensor) else dst
-    if device.type == "cuda" and src.is_cuda and dst.is_cuda and k_caches[0].dim() == 4:
+    if k_caches:
+        _same_device(k_caches[0], "k_caches[0]", src=src, dst=dst,
+                     **{f"k_caches[{i}]": c for i, c in enumerate(k_caches)},
+                     **{f"v_caches[{i}]": c for i, c in enumerate(v_caches)})
+    if device.type == "cuda" and k_caches[0].dim() == 4:
         n = k_caches[0].shape[0]
         _check_range(src, "src", 0, n)
         _check_range(dst, "dst", 0, n)
