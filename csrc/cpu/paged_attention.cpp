@@ -1,15 +1,20 @@
-// CPU paged attention: one task per (sequence, KV head, tile of query tokens).
+// CPU paged attention: one task per (sequence, tile of query tokens, KV heads).
 //
 // All query heads that share a KV head are processed together, so each K/V row is read from
-// memory once per group instead of once per query head. Keys are visited one block at a time
+// memory once per group instead of once per query head. With enough sequences a task takes
+// every KV head of its sequence, so it streams whole contiguous blocks; with few it takes one
+// KV head, so that the threads still have work. Keys are visited one block at a time
 // with an fp32 online softmax (running max, running sum, rescaled accumulator), so no buffer
 // grows with the context. The hot loop is compiled for AVX-512 and AVX2 and picked at run time.
 #include "ponder/paged_attention.h"
 
 #include <omp.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -33,166 +38,390 @@ Scratch& scratch() {
   return s;
 }
 
+// exp for the softmax: Cephes' expf polynomial (about 1 ulp on the reduced range), written
+// so that loops over it vectorize; libm's expf would be a scalar call per score.
+__attribute__((always_inline)) inline float fast_exp(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+
 template <typename T>
 __attribute__((always_inline)) inline void load_row(const T* src, float* dst, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
 }
 
-// Rows r = (query token i, head g): token i of the tile at absolute position pos0 + i attends
-// keys [0, pos0 + i]. Rows are ordered token-major: r = i * group + g.
-template <typename T>
-__attribute__((always_inline)) inline void attend_tile(const PagedAttentionParams& p,
-                                                       int64_t seq, int64_t kv_head,
-                                                       int64_t first_token, int64_t pos0,
-                                                       int64_t tile_len) {
-  const int64_t hd = p.head_dim;
-  const int64_t bs = p.block_size;
-  const int64_t group = p.num_heads / p.num_kv_heads;
-  const int64_t rows = tile_len * group;
-  const int64_t row_stride = p.num_kv_heads * hd;  // between consecutive tokens of one head
-  Scratch& sc = scratch();
-  if (static_cast<int64_t>(sc.q.size()) < rows * hd) {
-    sc.q.resize(rows * hd);
-    sc.acc.resize(rows * hd);
-  }
-  if (static_cast<int64_t>(sc.s.size()) < rows * bs) sc.s.resize(rows * bs);
-  if (static_cast<int64_t>(sc.kv.size()) < bs * hd) sc.kv.resize(bs * hd);
-  if (static_cast<int64_t>(sc.m.size()) < rows) {
-    sc.m.resize(rows);
-    sc.l.resize(rows);
-  }
-  float* q = sc.q.data();
-  float* acc = sc.acc.data();
-  float* s = sc.s.data();
-  float* m = sc.m.data();
-  float* l = sc.l.data();
+// The work of one task. Its rows are (KV head hh, query token i, query head g of the group),
+// r = (hh * len + i) * group + g, so each KV head's rows are contiguous. Token i sits at
+// absolute position pos0 + i and attends keys [0, pos0 + i].
+struct Tile {
+  int64_t seq, kv_begin, num_kv, first_token, pos0, len;
+};
 
+struct TileState {
+  int64_t rows, rows_per_head, group, hd, bs, row_stride;
+  float *q, *acc, *s, *m, *l;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline TileState begin_tile(const PagedAttentionParams& p,
+                                                           const Tile& tile) {
+  TileState st;
+  st.hd = p.head_dim;
+  st.bs = p.block_size;
+  st.group = p.num_heads / p.num_kv_heads;
+  st.rows_per_head = tile.len * st.group;
+  st.rows = tile.num_kv * st.rows_per_head;
+  st.row_stride = p.num_kv_heads * st.hd;
+  Scratch& sc = scratch();
+  if (static_cast<int64_t>(sc.q.size()) < st.rows * st.hd) {
+    sc.q.resize(st.rows * st.hd);
+    sc.acc.resize(st.rows * st.hd);
+  }
+  if (static_cast<int64_t>(sc.s.size()) < st.rows * st.bs) sc.s.resize(st.rows * st.bs);
+  if (static_cast<int64_t>(sc.kv.size()) < 2 * st.bs * st.hd) sc.kv.resize(2 * st.bs * st.hd);
+  if (static_cast<int64_t>(sc.m.size()) < st.rows) {
+    sc.m.resize(st.rows);
+    sc.l.resize(st.rows);
+  }
+  st.q = sc.q.data();
+  st.acc = sc.acc.data();
+  st.s = sc.s.data();
+  st.m = sc.m.data();
+  st.l = sc.l.data();
   const T* query = static_cast<const T*>(p.query);
-  for (int64_t i = 0; i < tile_len; ++i) {
-    for (int64_t g = 0; g < group; ++g) {
-      const T* src = query + ((first_token + i) * p.num_heads + kv_head * group + g) * hd;
-      float* dst = q + (i * group + g) * hd;
+  for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
+    for (int64_t i = 0; i < tile.len; ++i) {
+      const T* src = query + ((tile.first_token + i) * p.num_heads +
+                              (tile.kv_begin + hh) * st.group) * st.hd;
+      float* dst = st.q + (hh * tile.len + i) * st.group * st.hd;
 #pragma omp simd
-      for (int64_t d = 0; d < hd; ++d) dst[d] = to_f32(src[d]) * p.scale;
+      for (int64_t d = 0; d < st.group * st.hd; ++d) dst[d] = to_f32(src[d]) * p.scale;
     }
   }
-  std::fill(acc, acc + rows * hd, 0.0f);
-  std::fill(m, m + rows, -std::numeric_limits<float>::infinity());
-  std::fill(l, l + rows, 0.0f);
+  std::fill(st.acc, st.acc + st.rows * st.hd, 0.0f);
+  std::fill(st.m, st.m + st.rows, -std::numeric_limits<float>::infinity());
+  std::fill(st.l, st.l + st.rows, 0.0f);
+  return st;
+}
 
-  const int32_t* table = p.block_tables + seq * p.max_blocks_per_seq;
-  const int64_t last_pos = pos0 + tile_len - 1;
-  const int64_t num_kv_blocks = last_pos / bs + 1;
+template <typename T>
+__attribute__((always_inline)) inline void end_tile(const PagedAttentionParams& p,
+                                                    const Tile& tile, const TileState& st) {
+  T* out = static_cast<T*>(p.out);
+  for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
+    for (int64_t i = 0; i < tile.len; ++i) {
+      for (int64_t g = 0; g < st.group; ++g) {
+        const int64_t r = (hh * tile.len + i) * st.group + g;
+        const float inv = st.l[r] > 0.0f ? 1.0f / st.l[r] : 0.0f;
+        T* dst = out + ((tile.first_token + i) * p.num_heads +
+                        (tile.kv_begin + hh) * st.group + g) * st.hd;
+        const float* ar = st.acc + r * st.hd;
+#pragma omp simd
+        for (int64_t d = 0; d < st.hd; ++d) dst[d] = from_f32<T>(ar[d] * inv);
+      }
+    }
+  }
+}
+
+// Keys of row r visible in the block [key0, key0 + n).
+__attribute__((always_inline)) inline int64_t visible_keys(const Tile& tile, const TileState& st,
+                                                           int64_t r, int64_t key0, int64_t n) {
+  const int64_t i = (r / st.group) % tile.len;
+  return std::max<int64_t>(0, std::min(n, tile.pos0 + i + 1 - key0));
+}
+
+// One KV block for the rows [r0, r1) of one KV head. kb/vb point at the block's first key
+// for that head (fp32), consecutive keys kv_stride floats apart. Portable loops that the
+// compiler vectorizes for whatever target the caller is built for.
+__attribute__((always_inline)) inline void block_step(const Tile& tile, TileState& st,
+                                                      const float* kb, const float* vb,
+                                                      int64_t kv_stride, int64_t key0,
+                                                      int64_t n, int64_t r0, int64_t r1) {
+  const int64_t hd = st.hd, bs = st.bs;
+  float *q = st.q, *acc = st.acc, *s = st.s, *m = st.m, *l = st.l;
+  for (int64_t t = 0; t < n; ++t) {
+    const float* krow = kb + t * kv_stride;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* qr = q + r * hd;
+      float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t d = 0; d < hd; ++d) dot += qr[d] * krow[d];
+      s[r * bs + t] = dot;
+    }
+  }
+  for (int64_t r = r0; r < r1; ++r) {
+    float* sr = s + r * bs;
+    const int64_t visible = visible_keys(tile, st, r, key0, n);
+    float block_max = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : block_max)
+    for (int64_t t = 0; t < visible; ++t) block_max = std::max(block_max, sr[t]);
+    const float m_new = std::max(m[r], block_max);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < visible; ++t) {
+      const float e = fast_exp(sr[t] - m_new);
+      sr[t] = e;
+      sum += e;
+    }
+    for (int64_t t = visible; t < n; ++t) sr[t] = 0.0f;
+    if (visible == 0) continue;  // every key of this block is masked: the row keeps its state
+    const float alpha = fast_exp(m[r] - m_new);
+    m[r] = m_new;
+    l[r] = l[r] * alpha + sum;
+    if (alpha != 1.0f) {
+      float* ar = acc + r * hd;
+#pragma omp simd
+      for (int64_t d = 0; d < hd; ++d) ar[d] *= alpha;
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    const float* vrow = vb + t * kv_stride;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float pr = s[r * bs + t];
+      if (pr == 0.0f) continue;
+      float* ar = acc + r * hd;
+#pragma omp simd
+      for (int64_t d = 0; d < hd; ++d) ar[d] += pr * vrow[d];
+    }
+  }
+}
+
+// Blocks are scattered, so the hardware prefetcher cannot run ahead across them: ask for the
+// next block's K and V lines (this tile's heads only) while the current one is computed.
+template <typename T>
+__attribute__((always_inline)) inline void prefetch_block(const PagedAttentionParams& p,
+                                                          const Tile& tile, const TileState& st,
+                                                          int32_t block) {
+  const int64_t base = static_cast<int64_t>(block) * st.bs * st.row_stride + tile.kv_begin * st.hd;
+  const char* k = reinterpret_cast<const char*>(static_cast<const T*>(p.k_cache) + base);
+  const char* v = reinterpret_cast<const char*>(static_cast<const T*>(p.v_cache) + base);
+  const int64_t span = tile.num_kv * st.hd * static_cast<int64_t>(sizeof(T));
+  const int64_t stride = st.row_stride * static_cast<int64_t>(sizeof(T));
+  for (int64_t t = 0; t < st.bs; ++t)
+    for (int64_t off = 0; off < span; off += 64) {
+      __builtin_prefetch(k + t * stride + off);
+      __builtin_prefetch(v + t * stride + off);
+    }
+}
+
+// Visits the tile's KV blocks in order and, within a block, its KV heads; half-precision
+// K/V are widened to fp32 scratch once per (block, head). Step is block_step or an ISA
+// specialization of it.
+template <typename T, typename Step>
+__attribute__((always_inline)) inline void attend_blocks(const PagedAttentionParams& p,
+                                                         const Tile& tile, Step step) {
+  TileState st = begin_tile<T>(p, tile);
+  const int64_t hd = st.hd, bs = st.bs, row_stride = st.row_stride;
+  const int32_t* table = p.block_tables + tile.seq * p.max_blocks_per_seq;
+  const int64_t last_pos = tile.pos0 + tile.len - 1;
   const T* k_cache = static_cast<const T*>(p.k_cache);
   const T* v_cache = static_cast<const T*>(p.v_cache);
-  constexpr bool kIsF32 = sizeof(T) == 4;
-
-  for (int64_t j = 0; j < num_kv_blocks; ++j) {
+  float* k_wide = scratch().kv.data();
+  float* v_wide = k_wide + bs * hd;
+  for (int64_t j = 0; j <= last_pos / bs; ++j) {
     const int64_t key0 = j * bs;
     const int64_t n = std::min(bs, last_pos + 1 - key0);
-    const int64_t block_offset = static_cast<int64_t>(table[j]) * bs * row_stride + kv_head * hd;
-    const T* kb = k_cache + block_offset;
-    const T* vb = v_cache + block_offset;
-
-    // Scores s[r][t] = q[r] . k[t], keys the row may not see set to -inf.
-    for (int64_t t = 0; t < n; ++t) {
-      const float* krow;
-      if constexpr (kIsF32) {
-        krow = reinterpret_cast<const float*>(kb + t * row_stride);
+    const int64_t block_base = static_cast<int64_t>(table[j]) * bs * row_stride;
+    if (j < last_pos / bs) prefetch_block<T>(p, tile, st, table[j + 1]);
+    for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
+      const int64_t offset = block_base + (tile.kv_begin + hh) * hd;
+      const int64_t r0 = hh * st.rows_per_head, r1 = r0 + st.rows_per_head;
+      if constexpr (sizeof(T) == 4) {
+        step(tile, st, reinterpret_cast<const float*>(k_cache + offset),
+             reinterpret_cast<const float*>(v_cache + offset), row_stride, key0, n, r0, r1);
       } else {
-        load_row(kb + t * row_stride, sc.kv.data(), hd);
-        krow = sc.kv.data();
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* qr = q + r * hd;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < hd; ++d) dot += qr[d] * krow[d];
-        s[r * bs + t] = dot;
+        for (int64_t t = 0; t < n; ++t) {
+          load_row(k_cache + offset + t * row_stride, k_wide + t * hd, hd);
+          load_row(v_cache + offset + t * row_stride, v_wide + t * hd, hd);
+        }
+        step(tile, st, k_wide, v_wide, hd, key0, n, r0, r1);
       }
     }
-    const bool needs_mask = key0 + n - 1 > pos0;
-    for (int64_t r = 0; r < rows; ++r) {
-      float* sr = s + r * bs;
-      const int64_t visible =
-          needs_mask ? std::max<int64_t>(0, std::min(n, pos0 + r / group + 1 - key0)) : n;
-      float block_max = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < visible; ++t) block_max = std::max(block_max, sr[t]);
-      const float m_new = std::max(m[r], block_max);
-      // A row whose keys in this block are all masked keeps its state (visible == 0).
-      const float alpha = visible > 0 ? std::exp(m[r] - m_new) : 1.0f;
-      float sum = 0.0f;
-      for (int64_t t = 0; t < visible; ++t) {
-        const float e = std::exp(sr[t] - m_new);
-        sr[t] = e;
-        sum += e;
+  }
+  end_tile<T>(p, tile, st);
+}
+
+#define PONDER_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512"
+#define PONDER_AVX2 "avx2,fma,f16c"
+
+// --- AVX-512: the head dimension in registers, scores reduced 16 keys at a time ----------
+
+template <typename T>
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16(const T* src);
+template <>
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<float>(const float* src) {
+  return _mm512_loadu_ps(src);
+}
+template <>
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<bf16>(const bf16* src) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<_Float16>(
+    const _Float16* src) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src)));
+}
+
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+// Sums each of 16 vectors across its lanes: out[t] = sum(v[t]). Three shuffle-add rounds
+// leave the sums in a 4x4-transposed order that one permute puts back.
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 reduce16(const __m512* v) {
+  __m512 w[8], x[4], y[2];
+  for (int i = 0; i < 8; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)
+    x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * i], w[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)
+    y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44),
+                         _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xEE));
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(y[0], y[1], 0x88),
+                                 _mm512_shuffle_ps(y[0], y[1], 0xDD));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, z);
+}
+
+// Rows per register block in the P.V product: kRows x kVecs accumulators stay in registers.
+template <int kVecs>
+constexpr int kRowsPerBlock = kVecs <= 4 ? 4 : (kVecs <= 8 ? 2 : 1);
+
+template <int kVecs>
+__attribute__((target(PONDER_AVX512))) void block_step_avx512(
+    const Tile& tile, TileState& st, const float* kb, const float* vb, int64_t kv_stride,
+    int64_t key0, int64_t n, int64_t r0, int64_t r1) {
+  constexpr int64_t hd = kVecs * 16;
+  constexpr int kRows = kRowsPerBlock<kVecs>;
+  const int64_t bs = st.bs;
+  float *q = st.q, *acc = st.acc, *s = st.s, *m = st.m, *l = st.l;
+  // Scores: 16 keys at a time, their lane partials reduced together.
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* qr = q + r * hd;
+    for (int64_t t0 = 0; t0 < n; t0 += 16) {
+      __m512 part[16];
+      const int64_t cnt = std::min<int64_t>(16, n - t0);
+      for (int t = 0; t < 16; ++t) {
+        part[t] = _mm512_setzero_ps();
+        if (t < cnt) {
+          const float* kr = kb + (t0 + t) * kv_stride;
+          for (int c = 0; c < kVecs; ++c)
+            part[t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + c * 16), _mm512_loadu_ps(kr + c * 16),
+                                      part[t]);
+        }
       }
-      for (int64_t t = visible; t < n; ++t) sr[t] = 0.0f;
-      if (visible > 0) {
-        m[r] = m_new;
-        l[r] = l[r] * alpha + sum;
-        if (alpha != 1.0f) {
-          float* ar = acc + r * hd;
-#pragma omp simd
-          for (int64_t d = 0; d < hd; ++d) ar[d] *= alpha;
+      const __mmask16 mask = cnt == 16 ? 0xffff : (1u << cnt) - 1;
+      _mm512_mask_storeu_ps(s + r * bs + t0, mask, reduce16(part));
+    }
+  }
+  // Online softmax, one row at a time.
+  for (int64_t r = r0; r < r1; ++r) {
+    float* sr = s + r * bs;
+    const int64_t visible = visible_keys(tile, st, r, key0, n);
+    if (visible == 0) {
+      std::fill(sr, sr + n, 0.0f);
+      continue;
+    }
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t = 0; t < visible; t += 16) {
+      const __mmask16 mask = visible - t >= 16 ? 0xffff : (1u << (visible - t)) - 1;
+      vmax = _mm512_mask_max_ps(vmax, mask, vmax, _mm512_maskz_loadu_ps(mask, sr + t));
+    }
+    const float m_new = std::max(m[r], _mm512_reduce_max_ps(vmax));
+    const __m512 vm = _mm512_set1_ps(m_new);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t += 16) {
+      const __mmask16 in_block = n - t >= 16 ? 0xffff : (1u << (n - t)) - 1;
+      const int64_t vis = visible - t;
+      const __mmask16 mask = vis >= 16 ? 0xffff : vis <= 0 ? 0 : (1u << vis) - 1;
+      const __m512 e = _mm512_maskz_mov_ps(
+          mask, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, sr + t), vm)));
+      vsum = _mm512_add_ps(vsum, e);
+      _mm512_mask_storeu_ps(sr + t, in_block, e);
+    }
+    const float alpha = fast_exp(m[r] - m_new);
+    m[r] = m_new;
+    l[r] = l[r] * alpha + _mm512_reduce_add_ps(vsum);
+    if (alpha != 1.0f) {
+      float* ar = acc + r * hd;
+      const __m512 va = _mm512_set1_ps(alpha);
+      for (int c = 0; c < kVecs; ++c)
+        _mm512_storeu_ps(ar + c * 16, _mm512_mul_ps(_mm512_loadu_ps(ar + c * 16), va));
+    }
+  }
+  // acc += P.V with kRows rows of accumulators held in registers across the block.
+  for (int64_t rb = r0; rb < r1; rb += kRows) {
+    const int nr = static_cast<int>(std::min<int64_t>(kRows, r1 - rb));
+    __m512 a[kRows][kVecs];
+    for (int rr = 0; rr < kRows; ++rr)
+      for (int c = 0; c < kVecs; ++c)
+        a[rr][c] = rr < nr ? _mm512_loadu_ps(acc + (rb + rr) * hd + c * 16) : _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; ++t) {
+      const float* vr = vb + t * kv_stride;
+      __m512 v[kVecs];
+      for (int c = 0; c < kVecs; ++c) v[c] = _mm512_loadu_ps(vr + c * 16);
+      for (int rr = 0; rr < kRows; ++rr) {
+        if (rr < nr) {
+          const __m512 b = _mm512_set1_ps(s[(rb + rr) * bs + t]);
+          for (int c = 0; c < kVecs; ++c) a[rr][c] = _mm512_fmadd_ps(b, v[c], a[rr][c]);
         }
       }
     }
-    // acc[r] += sum_t p[r][t] * v[t]
-    for (int64_t t = 0; t < n; ++t) {
-      const float* vrow;
-      if constexpr (kIsF32) {
-        vrow = reinterpret_cast<const float*>(vb + t * row_stride);
-      } else {
-        load_row(vb + t * row_stride, sc.kv.data(), hd);
-        vrow = sc.kv.data();
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float pr = s[r * bs + t];
-        if (pr == 0.0f) continue;
-        float* ar = acc + r * hd;
-#pragma omp simd
-        for (int64_t d = 0; d < hd; ++d) ar[d] += pr * vrow[d];
-      }
-    }
-  }
-
-  T* out = static_cast<T*>(p.out);
-  for (int64_t i = 0; i < tile_len; ++i) {
-    for (int64_t g = 0; g < group; ++g) {
-      const int64_t r = i * group + g;
-      const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-      T* dst = out + ((first_token + i) * p.num_heads + kv_head * group + g) * hd;
-      const float* ar = acc + r * hd;
-#pragma omp simd
-      for (int64_t d = 0; d < hd; ++d) dst[d] = from_f32<T>(ar[d] * inv);
-    }
+    for (int rr = 0; rr < nr; ++rr)
+      for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(acc + (rb + rr) * hd + c * 16, a[rr][c]);
   }
 }
 
-#define PONDER_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx512fp16,avx2,fma,f16c,prefer-vector-width=512"
-#define PONDER_AVX2 "avx2,fma,f16c"
-
-template <typename T>
+template <typename T, int kVecs>
 __attribute__((target(PONDER_AVX512))) void attend_avx512(const PagedAttentionParams& p,
-                                                          int64_t seq, int64_t kv_head,
-                                                          int64_t first, int64_t pos0,
-                                                          int64_t len) {
-  attend_tile<T>(p, seq, kv_head, first, pos0, len);
+                                                          const Tile& tile) {
+  attend_blocks<T>(p, tile, &block_step_avx512<kVecs>);
 }
 
 template <typename T>
-__attribute__((target(PONDER_AVX2))) void attend_avx2(const PagedAttentionParams& p, int64_t seq,
-                                                      int64_t kv_head, int64_t first,
-                                                      int64_t pos0, int64_t len) {
-  attend_tile<T>(p, seq, kv_head, first, pos0, len);
+__attribute__((target(PONDER_AVX512))) void attend_avx512_generic(const PagedAttentionParams& p,
+                                                                  const Tile& tile) {
+  attend_blocks<T>(p, tile, block_step);
 }
 
 template <typename T>
-void attend_generic(const PagedAttentionParams& p, int64_t seq, int64_t kv_head, int64_t first,
-                    int64_t pos0, int64_t len) {
-  attend_tile<T>(p, seq, kv_head, first, pos0, len);
+__attribute__((target(PONDER_AVX2))) void attend_avx2(const PagedAttentionParams& p,
+                                                      const Tile& tile) {
+  attend_blocks<T>(p, tile, block_step);
+}
+
+template <typename T>
+void attend_generic(const PagedAttentionParams& p, const Tile& tile) {
+  attend_blocks<T>(p, tile, block_step);
 }
 
 enum class Isa { kGeneric, kAvx2, kAvx512 };
@@ -200,8 +429,7 @@ enum class Isa { kGeneric, kAvx2, kAvx512 };
 Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("avx512fp16"))
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
@@ -209,22 +437,42 @@ Isa detect_isa() {
   return Isa::kGeneric;
 }
 
+using AttendFn = void (*)(const PagedAttentionParams&, const Tile&);
+
+template <typename T>
+AttendFn pick(int64_t head_dim) {
+  static const Isa isa = detect_isa();
+  if (isa == Isa::kAvx512) {
+    switch (head_dim) {
+      case 32: return &attend_avx512<T, 2>;
+      case 64: return &attend_avx512<T, 4>;
+      case 96: return &attend_avx512<T, 6>;
+      case 128: return &attend_avx512<T, 8>;
+      case 256: return &attend_avx512<T, 16>;
+      default: return &attend_avx512_generic<T>;
+    }
+  }
+  return isa == Isa::kAvx2 ? &attend_avx2<T> : &attend_generic<T>;
+}
+
 template <typename T>
 void run(const PagedAttentionParams& p) {
-  static const Isa isa = detect_isa();
-  auto* attend = isa == Isa::kAvx512 ? &attend_avx512<T>
-                 : isa == Isa::kAvx2 ? &attend_avx2<T>
-                                     : &attend_generic<T>;
+  const AttendFn attend = pick<T>(p.head_dim);
   const int64_t tiles_per_seq = p.cu_query_lens == nullptr
                                     ? 1
                                     : (p.max_query_len + kQueryTile - 1) / kQueryTile;
-  const int64_t num_tasks = p.batch * p.num_kv_heads * tiles_per_seq;
+  // Whole sequences (all KV heads) stream contiguous blocks; split heads only when there
+  // would otherwise be too few tasks to keep every thread busy.
+  const int64_t threads = omp_get_max_threads();
+  const int64_t heads_per_task = p.batch * tiles_per_seq >= 4 * threads ? p.num_kv_heads : 1;
+  const int64_t head_groups = p.num_kv_heads / heads_per_task;
+  const int64_t num_tasks = p.batch * tiles_per_seq * head_groups;
   // Tiles past a sequence's q_len are empty tasks; dynamic scheduling absorbs them.
 #pragma omp parallel for schedule(dynamic, 1) if (num_tasks > 1)
   for (int64_t task = 0; task < num_tasks; ++task) {
-    const int64_t tile = task % tiles_per_seq;
-    const int64_t kv_head = (task / tiles_per_seq) % p.num_kv_heads;
-    const int64_t seq = task / (tiles_per_seq * p.num_kv_heads);
+    const int64_t head_group = task % head_groups;
+    const int64_t tile = (task / head_groups) % tiles_per_seq;
+    const int64_t seq = task / (head_groups * tiles_per_seq);
     int64_t first_token = seq, q_len = 1;
     if (p.cu_query_lens != nullptr) {
       first_token = p.cu_query_lens[seq];
@@ -234,7 +482,8 @@ void run(const PagedAttentionParams& p) {
     if (begin >= q_len) continue;
     const int64_t len = std::min(kQueryTile, q_len - begin);
     const int64_t pos0 = p.seq_lens[seq] - q_len + begin;
-    attend(p, seq, kv_head, first_token + begin, pos0, len);
+    attend(p, Tile{seq, head_group * heads_per_task, heads_per_task, first_token + begin, pos0,
+                   len});
   }
 }
 

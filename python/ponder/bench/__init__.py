@@ -1,0 +1,3 @@
+"""Kernel microbenchmarks, runnable from an installed wheel as ``ponder bench NAME``."""
+
+BENCHMARKS = ("paged_attention",)
