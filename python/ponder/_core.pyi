@@ -1,0 +1,124 @@
+"""
+ponder's compiled core: paged KV kernels (CPU, CUDA) and the KV block manager.
+"""
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy
+from numpy.typing import NDArray
+
+
+def cuda_built() -> bool:
+    """Whether this build has CUDA kernels."""
+
+def cuda_device_count() -> int:
+    """
+    CUDA devices visible to the CUDA runtime (0 without a build, driver or device).
+    """
+
+def cuda_num_sms(device: int) -> int: ...
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use (the OpenMP runtime shared with torch)."""
+
+def set_num_threads(n: int) -> None: ...
+
+def paged_attention_num_splits(num_tokens: int, num_heads: int, num_kv_heads: int, max_seq_len: int, num_sms: int) -> int: ...
+
+def paged_attention_workspace_floats(num_tokens: int, num_heads: int, head_dim: int, num_splits: int) -> int: ...
+
+def paged_kv_append(key: Annotated[NDArray, dict(device='none')], value: Annotated[NDArray, dict(device='none')], k_cache: Annotated[NDArray, dict(device='none')], v_cache: Annotated[NDArray, dict(device='none')], slot_mapping: Annotated[NDArray, dict(device='none')], stream: int = 0) -> None: ...
+
+def paged_attention(query: Annotated[NDArray, dict(device='none')], k_cache: Annotated[NDArray, dict(device='none')], v_cache: Annotated[NDArray, dict(device='none')], block_tables: Annotated[NDArray, dict(device='none')], seq_lens: Annotated[NDArray, dict(device='none')], cu_query_lens: Annotated[NDArray, dict(device='none')] | None, out: Annotated[NDArray, dict(device='none')], scale: float, max_seq_len: int = 0, workspace: Annotated[NDArray, dict(device='none')] | None = None, num_splits: int = 1, stream: int = 0) -> None: ...
+
+def copy_blocks(k_caches: Sequence[Annotated[NDArray, dict(device='none')]], v_caches: Sequence[Annotated[NDArray, dict(device='none')]], src: Annotated[NDArray, dict(device='none')], dst: Annotated[NDArray, dict(device='none')], stream: int = 0) -> None: ...
+
+class BlockPool:
+    """
+    Fixed pool of KV block ids with reference counts. allocate() returns -1 when the pool is exhausted.
+    """
+
+    def __init__(self, num_blocks: int) -> None: ...
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def num_free(self) -> int: ...
+
+    @property
+    def num_used(self) -> int: ...
+
+    @property
+    def peak_used(self) -> int: ...
+
+    def allocate(self) -> int: ...
+
+    def allocate_many(self, n: int) -> object:
+        """n blocks, or None (and nothing taken) when fewer are free."""
+
+    def incref(self, block: int) -> None: ...
+
+    def decref(self, block: int) -> None: ...
+
+    def ref_count(self, block: int) -> int: ...
+
+class KvCacheManager:
+    """
+    Sequences as block tables with fork, copy-on-write and a prefix cache. Hands out block ids and slots; the caller owns the tensors.
+    """
+
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_cache: bool = True) -> None: ...
+
+    @property
+    def block_size(self) -> int: ...
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def num_free_blocks(self) -> int: ...
+
+    def match_prefix(self, token_ids: Annotated[NDArray[numpy.int32], dict(shape=(None,), order='C', device='cpu', writable=False)]) -> int: ...
+
+    def create(self, token_ids: Annotated[NDArray[numpy.int32], dict(shape=(None,), order='C', device='cpu', writable=False)]) -> int:
+        """
+        New sequence holding the cached whole-block prefix of token_ids; its length() is the number of tokens taken from the cache.
+        """
+
+    def blocks_needed(self, seq_id: int, num_tokens: int) -> int: ...
+
+    def append(self, seq_id: int, token_ids: Annotated[NDArray[numpy.int32], dict(shape=(None,), order='C', device='cpu', writable=False)]) -> object:
+        """
+        (slots int64 [n], copies int64 [k, 2]) or None when the pool is out of blocks (the sequence is then unchanged). Apply copies with copy_blocks before writing slots.
+        """
+
+    def fork(self, seq_id: int, pos: int) -> int: ...
+
+    def truncate(self, seq_id: int, pos: int) -> None: ...
+
+    def free(self, seq_id: int) -> None: ...
+
+    def free_many(self, seq_ids: Sequence[int]) -> None:
+        """Frees a set of sequences (a pruned subtree) at once."""
+
+    def length(self, seq_id: int) -> int: ...
+
+    def block_table(self, seq_id: int) -> list[int]: ...
+
+    def token_ids(self, seq_id: int) -> list[int]: ...
+
+    def block_tables(self, seq_ids: Sequence[int], min_width: int = 0) -> NDArray[numpy.int32]:
+        """
+        int32 [len(seq_ids), width] block tables padded with 0, width >= min_width.
+        """
+
+    def ref_count(self, block: int) -> int: ...
+
+    def sequence_ids(self) -> list[int]: ...
+
+    def reset_peak(self) -> None: ...
+
+    def stats(self) -> dict:
+        """Block and prefix-cache counters as a dict."""
