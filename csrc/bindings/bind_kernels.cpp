@@ -149,9 +149,12 @@ void paged_attention(const Array& query, const Array& k_cache, const Array& v_ca
                  std::to_string(head_dim));
     if (max_seq_len > max_blocks * block_size)
       fail_value("max_seq_len exceeds the capacity of block_tables");
-    p.num_splits = std::max<int64_t>(1, num_splits);
+    if (num_splits < 1 || num_splits > 32) fail_value("num_splits must be in [1, 32]");
+    p.num_splits = num_splits;
     if (p.num_splits > 1) {
       if (!workspace) fail_value("workspace is required when num_splits > 1");
+      check_same_device(*workspace, "workspace", query, "query");
+      check_contiguous(*workspace, "workspace");
       const int64_t need = cuda::paged_attention_workspace_floats(num_tokens, num_heads, head_dim,
                                                                   p.num_splits);
       if (workspace->dtype() != nb::dtype<float>() || !is_cuda(*workspace) ||

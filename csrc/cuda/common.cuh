@@ -13,13 +13,21 @@ namespace ponder::cuda {
 class DeviceGuard {
  public:
   explicit DeviceGuard(int device) {
-    cudaGetDevice(&previous_);
-    if (previous_ != device) cudaSetDevice(device);
+    if (cudaGetDevice(&previous_) != cudaSuccess) {
+      cudaGetLastError();
+      previous_ = -1;
+    }
+    if (previous_ != device) changed_ = cudaSetDevice(device) == cudaSuccess;
   }
-  ~DeviceGuard() { cudaSetDevice(previous_); }
+  // Restores only what it changed: setting a device that was never current would create a
+  // primary context there.
+  ~DeviceGuard() {
+    if (changed_ && previous_ >= 0) cudaSetDevice(previous_);
+  }
 
  private:
-  int previous_ = 0;
+  int previous_ = -1;
+  bool changed_ = false;
 };
 
 inline Status last_status() {

@@ -63,7 +63,7 @@ def paged_kv_append(
     k_cache, v_cache : torch.Tensor
         ``[num_blocks, block_size, num_kv_heads, head_dim]``; float32, bfloat16 or float16.
     slot_mapping : torch.Tensor
-        int64 ``[num_tokens]``: the slot of each token; ``-1`` skips the token.
+        int64 ``[num_tokens]``: the slot of each token, distinct; ``-1`` skips the token.
 
     Examples
     --------
@@ -81,6 +81,9 @@ def paged_kv_append(
                  slot_mapping=slot_mapping)
     if k_cache.is_cuda and k_cache.dim() == 4:
         _check_range(slot_mapping, "slot_mapping", -1, k_cache.shape[0] * k_cache.shape[1])
+        live = slot_mapping[slot_mapping >= 0]
+        if torch.unique(live).numel() != live.numel():
+            raise ValueError("slot_mapping repeats a slot")
     _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping, stream=_stream(k_cache))
 
 
@@ -165,22 +168,30 @@ def _cuda_prepare(query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq
         return None, 1, max_seq_len  # the binding reports the shape error
     batch, max_blocks = block_tables.shape
     num_blocks, block_size = k_cache.shape[0], k_cache.shape[1]
-    if seq_lens.dtype == torch.int32 and seq_lens.is_cuda and seq_lens.numel() == batch:
-        q_lens = (torch.ones_like(seq_lens) if cu_query_lens is None
-                  else (cu_query_lens[1:] - cu_query_lens[:-1]))
-        if cu_query_lens is not None and cu_query_lens.numel() == batch + 1:
+    if query.shape[0] == 0 or batch == 0:
+        return None, 1, max_seq_len or 0
+    # Value checks only on well-formed index tensors; the binding reports everything else.
+    cu_ok = cu_query_lens is None or (cu_query_lens.dtype == torch.int32
+                                      and cu_query_lens.dim() == 1
+                                      and cu_query_lens.numel() == batch + 1)
+    if seq_lens.dtype == torch.int32 and seq_lens.dim() == 1 and seq_lens.numel() == batch \
+            and cu_ok:
+        if cu_query_lens is None:
+            q_lens = torch.ones_like(seq_lens, dtype=torch.int64)
+        else:
             if int(cu_query_lens[0]) != 0 or int(cu_query_lens[-1]) != query.shape[0]:
                 raise ValueError("cu_query_lens must start at 0 and end at num_tokens")
+            q_lens = cu_query_lens.long().diff()
             _check_range(q_lens, "cu_query_lens differences", 0, 2**31)
-        if batch and bool((seq_lens < q_lens).any()):
+        if bool((seq_lens.long() < q_lens).any()):
             raise ValueError("seq_lens is shorter than a sequence's query tokens")
         _check_range(seq_lens, "seq_lens", 0, max_blocks * block_size + 1)
-        if block_tables.dtype == torch.int32 and batch:
+        if block_tables.dtype == torch.int32:
             used = torch.arange(max_blocks, device=seq_lens.device)[None, :] * block_size
             live = block_tables[used < seq_lens[:, None].to(used.dtype)]
             _check_range(live, "block_tables", 0, num_blocks)
         if max_seq_len is None:
-            max_seq_len = int(seq_lens.max()) if batch else 0
+            max_seq_len = int(seq_lens.max())
     if max_seq_len is None:
         return None, 1, 0
     num_heads, num_kv_heads = query.shape[1], k_cache.shape[2]

@@ -40,9 +40,11 @@ constexpr int64_t kMaxHeadsPerBlock = 8;
 inline int64_t paged_attention_num_splits(int64_t num_tokens, int64_t num_heads,
                                           int64_t num_kv_heads, int64_t max_seq_len,
                                           int64_t num_sms) {
+  if (num_kv_heads <= 0) return 1;
   const int64_t group = num_heads / num_kv_heads;
   const int64_t chunks = (group + kMaxHeadsPerBlock - 1) / kMaxHeadsPerBlock;
   const int64_t blocks = num_tokens * num_kv_heads * chunks;
+  if (blocks <= 0) return 1;
   int64_t splits = (2 * num_sms + blocks - 1) / blocks;
   splits = splits < (max_seq_len + 255) / 256 ? splits : (max_seq_len + 255) / 256;
   splits = splits < 32 ? splits : 32;
