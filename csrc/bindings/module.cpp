@@ -10,6 +10,8 @@ namespace nb = nanobind;
 namespace ponder::bindings {
 void bind_kernels(nb::module_& m);
 void bind_core(nb::module_& m);
+void bind_sampler(nb::module_& m);
+void bind_search(nb::module_& m);
 }  // namespace ponder::bindings
 
 NB_MODULE(_core, m) {
@@ -31,4 +33,6 @@ NB_MODULE(_core, m) {
         nb::arg("num_tokens"), nb::arg("num_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
   ponder::bindings::bind_kernels(m);
   ponder::bindings::bind_core(m);
+  ponder::bindings::bind_sampler(m);
+  ponder::bindings::bind_search(m);
 }

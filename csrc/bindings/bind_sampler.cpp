@@ -1,0 +1,4 @@
+#include <nanobind/nanobind.h>
+namespace ponder::bindings {
+void bind_sampler(nanobind::module_&) {}
+}  // namespace ponder::bindings
