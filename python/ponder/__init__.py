@@ -6,9 +6,13 @@ import torch  # noqa: F401  (loads torch's OpenMP runtime first, so ponder share
 
 from ponder import _core, ops
 from ponder._core import KvCacheManager
+from ponder.engine.engine import Engine
+from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, StepEvent
+from ponder.sampling import Sampling
 
 __version__ = "0.1.0"
-__all__ = ["KvCacheManager", "cuda_available", "ops"]
+__all__ = ["BeamOutput", "CompletionOutput", "Engine", "KvCacheManager", "RequestOutput",
+           "Sampling", "StepEvent", "cuda_available", "ops"]
 
 
 def cuda_available() -> bool:

@@ -1,0 +1,1 @@
+"""The engine: model runner, scheduler and step loop."""

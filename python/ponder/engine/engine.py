@@ -1,0 +1,389 @@
+"""Engine: requests, continuous batching under a token budget, prefix cache, preemption by
+recompute, seeded sampling, streamed text; generate() on top.
+
+Each step packs the running sequences (one decode token each, or the next chunk of a
+prefill) and then new requests, first come first served, under ``max_num_batched_tokens``.
+When the KV pool runs out, the most recently admitted request is preempted: its blocks are
+freed and it is recomputed later from its tokens. Sampling draws from a counter-based
+generator keyed by (seed, completion index, position), so preemption, batch composition and
+batch size never change a seeded result.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ponder import ops
+from ponder._core import KvCacheManager
+from ponder.engine.outputs import CompletionOutput, RequestOutput, StepEvent
+from ponder.engine.runner import ModelRunner, ScheduledSeq, resolve_dtype
+from ponder.models.loader import load_checkpoint
+from ponder.sampling import Sampling
+from ponder.tokenizer import IncrementalDetokenizer, Tokenizer
+
+_SEED_MIX = 0x9E3779B97F4A7C15
+
+
+@dataclass(eq=False)
+class _Seq:
+    req: _Request
+    index: int
+    tokens: list[int]
+    kv_id: int | None = None
+    computed: int = 0             # tokens whose KV is in the cache
+    fork_from: _Seq | None = None  # n > 1: shares the first completion's prefill
+    logprobs: list = field(default_factory=list)
+    cum_logprob: float = 0.0
+    detok: IncrementalDetokenizer | None = None
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - len(self.req.prompt_ids)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(eq=False)
+class _Request:
+    id: int
+    prompt: str | None
+    prompt_ids: list[int]
+    sampling: Sampling
+    seed: int
+    seqs: list[_Seq] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.seqs)
+
+
+class Engine:
+    """Loads a checkpoint (HF directory or GGUF) and generates from it.
+
+    Parameters
+    ----------
+    model : str
+        A Hugging Face model directory or a ``.gguf`` file.
+    dtype : {"float32", "bfloat16", "float16"}
+    device : str or torch.device
+    kv_blocks : int, optional
+        KV pool size in blocks of ``block_size`` tokens; by default a fraction of memory.
+    seed : int
+        Seeds requests that do not set ``Sampling.seed``.
+    """
+
+    def __init__(self, model: str, prm=None, prm_format: str | None = None,
+                 dtype: str = "float32", device: str = "cpu", kv_blocks: int | None = None,
+                 seed: int = 0, block_size: int = 16, max_num_batched_tokens: int = 2048,
+                 max_num_seqs: int = 256, enable_prefix_cache: bool = True):
+        if prm is not None or prm_format is not None:
+            raise NotImplementedError("process reward models are not supported in this version "
+                                      "of ponder (prm must be None)")
+        if max_num_batched_tokens < 1 or max_num_seqs < 1:
+            raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device")
+        ck = load_checkpoint(model)
+        self.config = ck.config
+        self.tokenizer = (Tokenizer(ck.tokenizer_json, ck.tokenizer_config, ck.generation_config,
+                                    ck.config.eos_token_ids) if ck.tokenizer_json else None)
+        gen_eos = ck.generation_config.get("eos_token_id")
+        if self.tokenizer is not None:
+            self.eos_token_ids = list(self.tokenizer.eos_token_ids)
+        elif gen_eos is not None:
+            self.eos_token_ids = [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
+        else:
+            self.eos_token_ids = list(ck.config.eos_token_ids)
+        self.runner = ModelRunner(ck, resolve_dtype(dtype), self.device, kv_blocks, block_size)
+        self.kv = KvCacheManager(self.runner.num_blocks, block_size, enable_prefix_cache)
+        self.block_size = block_size
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_num_seqs = max_num_seqs
+        self.seed = int(seed)
+        self._ids = itertools.count()
+        self._requests: dict[int, _Request] = {}
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []
+        self.stats = {"forward_passes": 0, "tokens_generated": 0, "tokens_prefilled": 0,
+                      "preemptions": 0}
+
+    # --- requests -----------------------------------------------------------------------
+    def _prompt_ids(self, prompt, chat: bool) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ValueError("prompt is empty")
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token ids")
+            if chat and self.tokenizer.chat_template:
+                ids = self.tokenizer.encode_chat([{"role": "user", "content": prompt}])
+            else:
+                ids = self.tokenizer.encode(prompt)
+            return prompt, ids
+        try:
+            ids = [int(t) for t in prompt]
+        except (TypeError, ValueError):
+            raise TypeError("prompt must be a str or a list of token ids") from None
+        if not ids:
+            raise ValueError("prompt is empty")
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
+        return None, ids
+
+    def add_request(self, prompt, sampling: Sampling | None = None, chat: bool = True) -> int:
+        """Queues a prompt (str, or list of token ids); returns its request id."""
+        sampling = sampling or Sampling()
+        if not isinstance(sampling, Sampling):
+            raise TypeError("sampling must be a ponder.Sampling")
+        text, ids = self._prompt_ids(prompt, chat)
+        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
+        if len(ids) >= max_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; the context holds {max_len}")
+        rid = next(self._ids)
+        seed = sampling.seed if sampling.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
+        req = _Request(rid, text, ids, sampling, seed)
+        for i in range(sampling.n):
+            seq = _Seq(req, i, list(ids))
+            if self.tokenizer is not None:
+                seq.detok = IncrementalDetokenizer(self.tokenizer)
+            seq.fork_from = req.seqs[0] if i > 0 else None
+            req.seqs.append(seq)
+        self._requests[rid] = req
+        self._waiting.append(req)
+        return rid
+
+    def abort(self, request_id: int) -> None:
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            raise ValueError(f"unknown request_id {request_id}")
+        self._release(req)
+        if req in self._running:
+            self._running.remove(req)
+        if req in self._waiting:
+            self._waiting.remove(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def _release(self, req: _Request) -> None:
+        for s in req.seqs:
+            if s.kv_id is not None:
+                self.kv.free(s.kv_id)
+                s.kv_id = None
+            s.computed = 0
+
+    # --- scheduling ---------------------------------------------------------------------
+    def _preempt(self, req: _Request) -> None:
+        self._release(req)
+        for s in req.seqs:
+            s.fork_from = None  # each completion is recomputed from its own tokens
+        self._running.remove(req)
+        self._waiting.appendleft(req)
+        self.stats["preemptions"] += 1
+
+    def _reserve(self, seq: _Seq, n: int, batch: list, copies: list) -> bool:
+        res = self.kv.append(seq.kv_id, np.asarray(seq.tokens[seq.computed:seq.computed + n],
+                                                   dtype=np.int32))
+        if res is None:
+            return False
+        slots, cow = res
+        copies.extend(map(tuple, cow.tolist()))
+        needs_logits = seq.computed + n == len(seq.tokens)
+        batch.append((seq, ScheduledSeq(seq.tokens[seq.computed:seq.computed + n], seq.computed,
+                                        slots, self.kv.block_table(seq.kv_id), needs_logits)))
+        seq.computed += n
+        return True
+
+    def _schedule(self):
+        budget = self.max_num_batched_tokens
+        batch: list = []
+        copies: list = []
+        # Running requests first, oldest first; preempt the newest when blocks run out.
+        i = 0
+        while i < len(self._running) and budget > 0:
+            req = self._running[i]
+            ok = True
+            for seq in req.seqs:
+                if seq.finished or seq.kv_id is None or seq.computed == len(seq.tokens):
+                    continue
+                n = min(len(seq.tokens) - seq.computed, budget)
+                while self.kv.blocks_needed(seq.kv_id, n) > self.kv.num_free_blocks:
+                    victim = self._running[-1]
+                    if victim is req:
+                        break
+                    self._preempt(victim)
+                if not self._reserve(seq, n, batch, copies):
+                    ok = False
+                    break
+                budget -= n
+            if not ok:  # even alone it does not fit now: recompute it later
+                batch = [(s, sc) for s, sc in batch if s.req is not req]
+                self._preempt(req)
+                continue
+            i += 1
+        # Then waiting requests, first come first served, while blocks and budget last.
+        num_seqs = sum(len(r.seqs) for r in self._running)
+        while self._waiting and budget > 0 and num_seqs < self.max_num_seqs:
+            req = self._waiting[0]
+            admitted = []
+            for seq in req.seqs:
+                if seq.fork_from is not None or seq.finished:
+                    continue
+                seq.kv_id = self.kv.create(np.asarray(seq.tokens[:-1], dtype=np.int32))
+                seq.computed = self.kv.length(seq.kv_id)
+                n = min(len(seq.tokens) - seq.computed, budget)
+                if n <= 0 or not self._reserve(seq, n, batch, copies):
+                    break
+                admitted.append(seq)
+                budget -= n
+            else:
+                self._waiting.popleft()
+                self._running.append(req)
+                num_seqs += len(req.seqs)
+                continue
+            # Not enough room now: undo this request's reservations and stop admitting.
+            batch = [(s, sc) for s, sc in batch if s.req is not req]
+            self._release(req)
+            break
+        return batch, copies
+
+    # --- the step -----------------------------------------------------------------------
+    def step(self) -> list[StepEvent]:
+        """Runs one forward pass over everything scheduled; returns the new tokens/text."""
+        batch, copies = self._schedule()
+        if not batch:
+            if self._waiting and not self._running:
+                raise RuntimeError("the KV pool is too small for the next request")
+            return []
+        self.runner.copy_blocks(copies)
+        logits = self.runner.execute([sc for _, sc in batch])
+        self.stats["forward_passes"] += 1
+        self.stats["tokens_prefilled"] += sum(len(sc.token_ids) for _, sc in batch
+                                              if len(sc.token_ids) > 1)
+        rows, seqs = [], []
+        for row, (seq, _) in enumerate(s for s in batch if s[1].needs_logits):
+            targets = [seq]
+            if seq.index == 0 and seq.num_generated == 0:
+                # The shared prompt is done: fork the other completions from it.
+                for other in seq.req.seqs[1:]:
+                    if other.fork_from is seq and other.kv_id is None:
+                        other.kv_id = self.kv.fork(seq.kv_id, seq.computed)
+                        other.computed = seq.computed
+                        other.fork_from = None
+                        targets.append(other)
+            for t in targets:
+                rows.append(row)
+                seqs.append(t)
+        events = self._sample_and_append(logits, rows, seqs)
+        self._running = [r for r in self._running if not r.finished]
+        return events
+
+    def _sample_and_append(self, logits, rows, seqs) -> list[StepEvent]:
+        if not seqs:
+            return []
+        dev = logits.device
+        logits = logits.index_select(0, torch.tensor(rows, device=dev)) if rows != list(
+            range(len(rows))) else logits
+        sp = [s.req.sampling for s in seqs]
+        num_logprobs = max((p.logprobs or 0) for p in sp)
+        out = ops.sample(
+            logits,
+            torch.tensor([p.temperature for p in sp], dtype=torch.float32, device=dev),
+            torch.tensor([p.top_k for p in sp], dtype=torch.int32, device=dev),
+            torch.tensor([p.top_p for p in sp], dtype=torch.float32, device=dev),
+            torch.tensor([p.min_p for p in sp], dtype=torch.float32, device=dev),
+            torch.tensor([s.req.seed for s in seqs], dtype=torch.int64, device=dev),
+            torch.tensor([s.index for s in seqs], dtype=torch.int64, device=dev),
+            torch.tensor([len(s.tokens) for s in seqs], dtype=torch.int64, device=dev),
+            num_logprobs=num_logprobs)
+        tokens = out.tokens.tolist()
+        chosen = out.logprobs.tolist()
+        top_ids = out.top_ids.tolist() if num_logprobs else None
+        top_lps = out.top_logprobs.tolist() if num_logprobs else None
+        events = []
+        for i, seq in enumerate(seqs):
+            tok = tokens[i]
+            seq.tokens.append(tok)
+            seq.cum_logprob += chosen[i]
+            k = seq.req.sampling.logprobs
+            if k:
+                entry = dict(zip(top_ids[i][:k], top_lps[i][:k]))
+                entry[tok] = chosen[i]
+                seq.logprobs.append(entry)
+            else:
+                seq.logprobs.append(chosen[i])
+            self.stats["tokens_generated"] += 1
+            events.append(self._advance(seq, tok))
+        return events
+
+    def _advance(self, seq: _Seq, tok: int) -> StepEvent:
+        p = seq.req.sampling
+        reason = None
+        if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
+            reason = "stop"
+        if seq.detok is not None:
+            seq.detok.push([tok])
+            text = seq.detok.text
+            if p.stop:
+                hit = min((pos for pos in (text.find(s) for s in p.stop) if pos >= 0), default=-1)
+                if hit >= 0:
+                    text, reason = text[:hit], "stop"
+            seq.text = text
+        if reason is None and (seq.num_generated >= p.max_tokens
+                               or len(seq.tokens) >= self.config.max_position_embeddings):
+            reason = "length"
+        if reason is not None:
+            seq.finish_reason = reason
+            if seq.detok is not None and not seq.text != seq.detok.text:
+                seq.detok.flush()  # an incomplete character at the very end still shows
+                seq.text = seq.detok.text
+            if seq.kv_id is not None:
+                self.kv.free(seq.kv_id)
+                seq.kv_id = None
+        # Hold back text that could still become a stop string.
+        hold = 0 if reason or not p.stop else max(len(s) for s in p.stop) - 1
+        end = max(seq.emitted, len(seq.text) - hold)
+        delta = seq.text[seq.emitted:end]
+        seq.emitted = end
+        return StepEvent(seq.req.id, seq.index, [tok], delta, reason is not None, reason)
+
+    # --- batch API ----------------------------------------------------------------------
+    def output(self, request_id: int) -> RequestOutput:
+        """The request's output so far; a finished request is handed over and forgotten."""
+        req = self._requests.get(request_id)
+        if req is None:
+            raise ValueError(f"unknown request_id {request_id}")
+        if req.finished:
+            del self._requests[request_id]
+        n_prompt = len(req.prompt_ids)
+        outs = [CompletionOutput(s.index, s.text, s.tokens[n_prompt:], list(s.logprobs),
+                                 s.finish_reason, s.cum_logprob) for s in req.seqs]
+        return RequestOutput(req.id, req.prompt, list(req.prompt_ids), outs, req.finished)
+
+    def generate(self, prompts, sampling: Sampling | None = None, chat: bool = True,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """One output per prompt; a str prompt is wrapped in the chat template when chat is
+        True and the model has one, a list of ints is used as token ids."""
+        if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
+                                         and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        ids = [self.add_request(p, sampling, chat) for p in prompts]
+        try:
+            while any(not self._requests[i].finished for i in ids):
+                self.step()
+        except BaseException:
+            for i in ids:
+                if i in self._requests:
+                    self.abort(i)
+            raise
+        return [self.output(i) for i in ids]

@@ -1,0 +1,206 @@
+"""Llama-family causal LM on ponder's paged KV cache.
+
+The same module runs Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm); their
+files only set those switches. Numerics follow transformers: RMSNorm in fp32, rotary
+cos/sin from fp32 products of position and inverse frequency, rotate-half layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ponder import ops
+from ponder.models.config import ModelConfig
+
+
+@dataclass
+class AttentionMetadata:
+    """Where this forward's tokens live in the paged cache (see ponder.ops)."""
+
+    slot_mapping: torch.Tensor            # int64 [num_tokens]
+    block_tables: torch.Tensor            # int32 [batch, max_blocks]
+    seq_lens: torch.Tensor                # int32 [batch], new tokens included
+    cu_query_lens: torch.Tensor | None    # int32 [batch + 1]; None when every q_len is 1
+    max_seq_len: int
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        # q, k and v projections fused into one matmul.
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.scale = cfg.head_dim ** -0.5
+
+    def forward(self, x, cos, sin, meta: AttentionMetadata, k_cache, v_cache):
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.reshape(-1, self.num_kv_heads, self.head_dim).contiguous()
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        ops.paged_kv_append(k.contiguous(), v, k_cache, v_cache, meta.slot_mapping)
+        out = ops.paged_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
+                                  meta.seq_lens, meta.cu_query_lens, self.scale,
+                                  max_seq_len=meta.max_seq_len)
+        return self.o_proj(out.view(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.inter = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.inter, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, meta, k_cache, v_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CausalLM(nn.Module):
+    """Embeddings, decoder layers, final norm and LM head; attention through ponder.ops."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", cfg.inv_freq(), persistent=False)
+        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.requires_grad_(False)
+
+    def rope_tables(self, max_positions: int):
+        """cos/sin for positions [0, max_positions), fp32 products as transformers forms them."""
+        cache = self._rope_cache
+        if cache is None or cache[0].shape[0] < max_positions:
+            pos = torch.arange(max_positions, dtype=torch.float32, device=self.inv_freq.device)
+            freqs = pos[:, None] * self.inv_freq.float()[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            dtype = self.embed_tokens.weight.dtype
+            self._rope_cache = cache = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return cache
+
+    def forward(self, input_ids, positions, meta: AttentionMetadata, kv_caches):
+        x = self.embed_tokens(input_ids)
+        cos_t, sin_t = self.rope_tables(max(meta.max_seq_len, 1))
+        cos, sin = cos_t[positions][:, None, :], sin_t[positions][:, None, :]
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+            x = layer(x, cos, sin, meta, k_cache, v_cache)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden)).float()
+
+    # --- weights ------------------------------------------------------------------------
+    def load_weights(self, source, dtype: torch.dtype, device: torch.device) -> None:
+        """Copies HF-named tensors from source (ponder.models.loader.TensorSource)."""
+        cfg = self.config
+
+        def get(name, shape):
+            if name not in source:
+                raise ValueError(f"checkpoint is missing tensor {name!r}")
+            t = source.get(name)
+            if tuple(t.shape) != tuple(shape):
+                raise ValueError(f"tensor {name!r} has shape {tuple(t.shape)}, expected "
+                                 f"{tuple(shape)}")
+            return t
+
+        h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+        q = cfg.num_heads * cfg.head_dim
+        params: dict[str, torch.Tensor] = {
+            "embed_tokens.weight": get("model.embed_tokens.weight", (cfg.vocab_size, h)),
+            "norm.weight": get("model.norm.weight", (h,)),
+        }
+        if "lm_head.weight" in source and not cfg.tie_word_embeddings:
+            params["lm_head.weight"] = get("lm_head.weight", (cfg.vocab_size, h))
+        elif cfg.tie_word_embeddings:
+            params["lm_head.weight"] = params["embed_tokens.weight"]
+        else:
+            raise ValueError("checkpoint is missing tensor 'lm_head.weight' and does not tie "
+                             "word embeddings")
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            a = p + "self_attn."
+            params[f"layers.{i}.self_attn.qkv_proj.weight"] = torch.cat([
+                get(a + "q_proj.weight", (q, h)), get(a + "k_proj.weight", (kv, h)),
+                get(a + "v_proj.weight", (kv, h))])
+            if cfg.qkv_bias:
+                params[f"layers.{i}.self_attn.qkv_proj.bias"] = torch.cat([
+                    get(a + "q_proj.bias", (q,)), get(a + "k_proj.bias", (kv,)),
+                    get(a + "v_proj.bias", (kv,))])
+            params[f"layers.{i}.self_attn.o_proj.weight"] = get(a + "o_proj.weight", (h, q))
+            if cfg.o_bias:
+                params[f"layers.{i}.self_attn.o_proj.bias"] = get(a + "o_proj.bias", (h,))
+            if cfg.qk_norm:
+                params[f"layers.{i}.self_attn.q_norm.weight"] = get(a + "q_norm.weight",
+                                                                    (cfg.head_dim,))
+                params[f"layers.{i}.self_attn.k_norm.weight"] = get(a + "k_norm.weight",
+                                                                    (cfg.head_dim,))
+            m = p + "mlp."
+            inter = cfg.intermediate_size
+            params[f"layers.{i}.mlp.gate_up_proj.weight"] = torch.cat([
+                get(m + "gate_proj.weight", (inter, h)), get(m + "up_proj.weight", (inter, h))])
+            params[f"layers.{i}.mlp.down_proj.weight"] = get(m + "down_proj.weight", (h, inter))
+            if cfg.mlp_bias:
+                params[f"layers.{i}.mlp.gate_up_proj.bias"] = torch.cat([
+                    get(m + "gate_proj.bias", (inter,)), get(m + "up_proj.bias", (inter,))])
+                params[f"layers.{i}.mlp.down_proj.bias"] = get(m + "down_proj.bias", (h,))
+            params[f"layers.{i}.input_layernorm.weight"] = get(p + "input_layernorm.weight", (h,))
+            params[f"layers.{i}.post_attention_layernorm.weight"] = get(
+                p + "post_attention_layernorm.weight", (h,))
+        own = dict(self.named_parameters())
+        for name, t in params.items():
+            own[name].data = t.to(device=device, dtype=dtype).contiguous()
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.inv_freq = self.inv_freq.to(device)
+        self._rope_cache = None
+
+
+class LlamaForCausalLM(CausalLM):
+    pass

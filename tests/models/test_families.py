@@ -1,0 +1,151 @@
+"""Forward parity with transformers for every supported family, through the paged cache."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from ponder import KvCacheManager
+from ponder.engine.runner import ModelRunner, ScheduledSeq
+from ponder.models.loader import load_checkpoint
+from tests.models.tiny import FAMILIES, make_model, save
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_dir(request, tmp_path_factory):
+    model = make_model(request.param)
+    path = save(model, tmp_path_factory.mktemp(request.param))
+    return request.param, model, path
+
+
+def _runner(path, blocks=64):
+    ck = load_checkpoint(path)
+    return ModelRunner(ck, torch.float32, torch.device("cpu"), blocks), KvCacheManager(blocks, 16)
+
+
+def _run(runner, kv, seqs_tokens, kv_ids=None):
+    """Appends each sequence's new tokens and runs one packed forward."""
+    sched = []
+    for i, toks in enumerate(seqs_tokens):
+        sid = kv_ids[i]
+        start = kv.length(sid)
+        slots, copies = kv.append(sid, np.asarray(toks, dtype=np.int32))
+        assert copies.size == 0
+        sched.append(ScheduledSeq(list(toks), start, slots, kv.block_table(sid), True))
+    return runner.execute(sched)
+
+
+def test_prefill_and_decode_match_transformers(family_dir):
+    family, model, path = family_dir
+    runner, kv = _runner(path)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 160, (n,), generator=g).tolist() for n in (5, 23, 40)]
+    ids = [kv.create(np.zeros(0, np.int32)) for _ in prompts]
+    logits = _run(runner, kv, prompts, ids)  # one packed prefill of three prompts
+    seqs = [list(p) for p in prompts]
+    for step in range(20):
+        with torch.no_grad():
+            for b, s in enumerate(seqs):
+                ref = model(torch.tensor([s])).logits[0, -1]
+                torch.testing.assert_close(logits[b], ref, atol=2e-5, rtol=1e-4,
+                                           msg=f"{family} step {step} seq {b}")
+        nxt = [int(torch.argmax(logits[b])) for b in range(len(seqs))]
+        for s, t in zip(seqs, nxt):
+            s.append(t)
+        logits = _run(runner, kv, [[t] for t in nxt], ids)  # decode, one token each
+
+
+def test_bfloat16_runs_close(family_dir):
+    family, model, path = family_dir
+    ck = load_checkpoint(path)
+    runner = ModelRunner(ck, torch.bfloat16, torch.device("cpu"), 16)
+    kv = KvCacheManager(16, 16)
+    sid = kv.create(np.zeros(0, np.int32))
+    toks = list(range(3, 30))
+    out = _run(runner, kv, [toks], [sid])
+    with torch.no_grad():
+        ref = model(torch.tensor([toks])).logits[0, -1]
+    assert torch.nn.functional.cosine_similarity(out[0], ref, dim=0) > 0.99
+
+
+def _write_config(path, **changes):
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.update(changes)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
+@pytest.fixture
+def llama_dir(tmp_path):
+    return save(make_model("llama"), tmp_path / "m")
+
+
+def test_rejects_unknown_architecture(llama_dir):
+    _write_config(llama_dir, architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        load_checkpoint(llama_dir)
+
+
+def test_rejects_sliding_window(tmp_path):
+    path = save(make_model("mistral"), tmp_path / "m")
+    _write_config(path, sliding_window=64)
+    with pytest.raises(ValueError, match="sliding window"):
+        load_checkpoint(path)
+
+
+def test_missing_files(tmp_path, llama_dir):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    os.remove(os.path.join(llama_dir, "model.safetensors"))
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_checkpoint(llama_dir)
+    os.remove(os.path.join(llama_dir, "config.json"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_checkpoint(llama_dir)
+
+
+def test_corrupt_safetensors_header(llama_dir):
+    path = os.path.join(llama_dir, "model.safetensors")
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt safetensors header"):
+        load_checkpoint(llama_dir)
+
+
+def test_truncated_safetensors(llama_dir):
+    path = os.path.join(llama_dir, "model.safetensors")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(ValueError, match="truncated"):
+        load_checkpoint(llama_dir)
+
+
+def test_wrong_tensor_shape(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = save(make_model("qwen2"), tmp_path / "m")
+    f = os.path.join(path, "model.safetensors")
+    tensors = load_file(f)
+    tensors["model.layers.1.self_attn.k_proj.weight"] = torch.zeros(3, 64)
+    save_file(tensors, f, metadata={"format": "pt"})
+    ck = load_checkpoint(path)
+    with pytest.raises(ValueError, match="k_proj.weight.*shape"):
+        ModelRunner(ck, torch.float32, torch.device("cpu"), 8)
+
+
+def test_sharded_checkpoint(tmp_path):
+    model = make_model("llama3-rope")
+    model.save_pretrained(tmp_path / "m", max_shard_size="100KB")
+    assert os.path.exists(tmp_path / "m" / "model.safetensors.index.json")
+    runner, kv = _runner(str(tmp_path / "m"))
+    sid = kv.create(np.zeros(0, np.int32))
+    toks = list(range(3, 20))
+    out = _run(runner, kv, [toks], [sid])
+    with torch.no_grad():
+        ref = model(torch.tensor([toks])).logits[0, -1]
+    torch.testing.assert_close(out[0], ref, atol=2e-5, rtol=1e-4)
