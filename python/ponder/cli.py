@@ -30,6 +30,41 @@ def _bench(args: argparse.Namespace) -> int:
     return paged_attention.main(args.rest)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import ponder
+
+    eng = ponder.Engine(args.model, dtype=args.dtype, device=args.device, seed=args.seed)
+    chat = not args.no_chat
+    if args.beams > 1:
+        beams = eng.beam_search(args.prompt, width=args.beams, max_tokens=args.max_tokens,
+                                num_return=args.beams, chat=chat)
+        for i, b in enumerate(beams):
+            print(f"[beam {i}] score {b.score:.4f}\n{b.text}\n")
+        return 0
+    sampling = ponder.Sampling(max_tokens=args.max_tokens, temperature=args.temperature,
+                               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    rid = eng.add_request(args.prompt, sampling, chat=chat)
+    done = False
+    while not done:  # stream the text as it is generated
+        for ev in eng.step():
+            if ev.request_id == rid:
+                sys.stdout.write(ev.text_delta)
+                sys.stdout.flush()
+                done = done or ev.finished
+    out = eng.output(rid)
+    print(f"\n[{len(out.outputs[0].token_ids)} tokens, finish: {out.outputs[0].finish_reason}]",
+          file=sys.stderr)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from ponder.models import gguf
+
+    gguf.convert(args.gguf, args.out_dir)
+    print(f"wrote {args.out_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ponder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     p_bench.add_argument("name", help="paged_attention")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER)
     p_bench.set_defaults(func=_bench)
+    p_gen = sub.add_parser("generate", help="generate text from a prompt")
+    p_gen.add_argument("model", help="HF model directory or .gguf file")
+    p_gen.add_argument("prompt")
+    p_gen.add_argument("--max-tokens", type=int, default=128)
+    p_gen.add_argument("--temperature", type=float, default=0.0)
+    p_gen.add_argument("--top-p", type=float, default=1.0)
+    p_gen.add_argument("--top-k", type=int, default=0)
+    p_gen.add_argument("--beams", type=int, default=1, help="beam search with N beams")
+    p_gen.add_argument("--seed", type=int, default=0)
+    p_gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p_gen.add_argument("--device", default="cpu")
+    p_gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p_gen.set_defaults(func=_generate)
+    p_conv = sub.add_parser("convert", help="write an HF model directory from a GGUF file")
+    p_conv.add_argument("gguf")
+    p_conv.add_argument("out_dir")
+    p_conv.set_defaults(func=_convert)
     args = parser.parse_args(argv)
     return args.func(args)
 

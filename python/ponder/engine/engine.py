@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ponder import ops
+from ponder import _core, ops
 from ponder._core import KvCacheManager
-from ponder.engine.outputs import CompletionOutput, RequestOutput, StepEvent
+from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, StepEvent
 from ponder.engine.runner import ModelRunner, ScheduledSeq, resolve_dtype
 from ponder.models.loader import load_checkpoint
 from ponder.sampling import Sampling
@@ -387,3 +387,68 @@ class Engine:
                     self.abort(i)
             raise
         return [self.output(i) for i in ids]
+
+    # --- beam search --------------------------------------------------------------------
+    @torch.inference_mode()
+    def beam_search(self, prompt, width: int, max_tokens: int, length_penalty: float = 1.0,
+                    early_stopping: bool | str = False, num_return: int = 1,
+                    chat: bool = True) -> list[BeamOutput]:
+        """Token-level beam search, equal to transformers' ``generate(num_beams=width,
+        do_sample=False)``. The beam bookkeeping runs in the C++ core; each running beam is a
+        KV sequence forked from its parent (shared blocks, copy-on-write). Best first."""
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be an int >= 1, got {width!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        if not isinstance(num_return, int) or not 1 <= num_return <= width:
+            raise ValueError(f"num_return must be in [1, width], got {num_return!r}")
+        if early_stopping not in (True, False, "never"):
+            raise ValueError(f"early_stopping must be True, False or 'never', got "
+                             f"{early_stopping!r}")
+        _, ids = self._prompt_ids(prompt, chat)
+        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
+        if len(ids) >= max_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; the context holds {max_len}")
+        max_tokens = min(max_tokens, max_len - len(ids))
+        search = _core.BeamSearch(width, max_tokens, float(length_penalty), early_stopping,
+                                  list(self.eos_token_ids), num_return)
+        beams: list[_Seq] = []
+        try:
+            req = _Request(-1, None, ids, Sampling(), 0)
+            root = _Seq(req, 0, list(ids))
+            root.kv_id = self.kv.create(np.asarray(ids[:-1], dtype=np.int32))
+            root.computed = self.kv.length(root.kv_id)
+            beams = [root]
+            todo = beams
+            while True:
+                batch, copies = [], []
+                for b in todo:
+                    if not self._reserve(b, len(b.tokens) - b.computed, batch, copies):
+                        raise RuntimeError("the KV pool is too small for this beam search; "
+                                           "raise kv_blocks")
+                self.runner.copy_blocks(copies)
+                logits = self.runner.execute([sc for _, sc in batch])
+                self.stats["forward_passes"] += 1
+                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+                parents, tokens = search.step(logprobs)
+                if search.done:
+                    break
+                new = []
+                for parent, tok in zip(parents.tolist(), tokens.tolist()):
+                    src = beams[parent]
+                    child = _Seq(req, 0, src.tokens + [tok])
+                    child.kv_id = self.kv.fork(src.kv_id, src.computed)
+                    child.computed = src.computed
+                    new.append(child)
+                for b in beams:
+                    self.kv.free(b.kv_id)
+                beams = todo = new
+        finally:
+            for b in beams:
+                if b.kv_id is not None and self.kv.contains(b.kv_id):
+                    self.kv.free(b.kv_id)
+        outs = []
+        for token_ids, score in search.finalize():
+            text = self.tokenizer.decode(token_ids) if self.tokenizer is not None else ""
+            outs.append(BeamOutput(list(token_ids), text, float(score)))
+        return outs
