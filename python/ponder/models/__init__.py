@@ -1,0 +1,1 @@
+"""Model families: checkpoint readers and the torch modules that run them."""
