@@ -1,1 +1,1 @@
-"""Model families, configuration and checkpoint loading."""
+"""Model families, configuration and checkpoint loading (HF directories and GGUF files)."""
