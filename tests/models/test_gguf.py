@@ -30,18 +30,15 @@ def ckpt(gguf_mod, smollm2_gguf):
 
 
 @pytest.fixture(scope="session")
-def hf_model(smollm2_gguf):
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        smollm2_gguf.parent, gguf_file=smollm2_gguf.name
-    )
+def hf_model(smollm2_hf):
+    # transformers' own load of the GGUF, saved once by the shared fixture (tests/conftest.py)
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_hf)
     return model.eval()
 
 
 @pytest.fixture(scope="session")
-def hf_tokenizer(smollm2_gguf):
-    return transformers.AutoTokenizer.from_pretrained(
-        smollm2_gguf.parent, gguf_file=smollm2_gguf.name
-    )
+def hf_tokenizer(smollm2_hf):
+    return transformers.AutoTokenizer.from_pretrained(smollm2_hf)
 
 
 @pytest.fixture(scope="session")
