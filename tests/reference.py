@@ -57,3 +57,59 @@ def ref_copy_blocks(k_caches, v_caches, src, dst):
         for c in ks + vs:
             c[d] = c[s]
     return ks, vs
+
+
+_PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_MASK32 = 0xFFFFFFFF
+
+
+def ref_philox4x32_10(counter, key):
+    """Philox4x32-10 on Python ints, written from Salmon et al. (SC'11) / Random123."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = _PHILOX_MUL[0] * c0, _PHILOX_MUL[1] * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & _MASK32, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK32
+        k0, k1 = (k0 + _PHILOX_WEYL[0]) & _MASK32, (k1 + _PHILOX_WEYL[1]) & _MASK32
+    return c0, c1, c2, c3
+
+
+def ref_philox_uniform(seed, seq_id, position):
+    """The sampler's uniform: 53 bits of Philox4x32-10 keyed by seed at (seq_id, position)."""
+    seed, seq_id, position = (int(v) & 0xFFFFFFFFFFFFFFFF for v in (seed, seq_id, position))
+    r = ref_philox4x32_10((seq_id & _MASK32, seq_id >> 32, position & _MASK32, position >> 32),
+                          (seed & _MASK32, seed >> 32))
+    return (((r[0] << 32) | r[1]) >> 11) / 2.0**53
+
+
+def ref_sample_probs(logits, temperature, top_k=0, top_p=1.0, min_p=0.0):
+    """The exact distribution ``ops.sample`` draws from, in float64: HF transformers' warpers
+    (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper, in that
+    order, min_tokens_to_keep=1). ``logits`` is ``[vocab]`` or ``[rows, vocab]``."""
+    scores = logits.detach().double().cpu()
+    squeeze = scores.dim() == 1
+    scores = scores.reshape(-1, scores.shape[-1])
+    vocab = scores.shape[-1]
+    if temperature == 0:
+        probs = torch.zeros_like(scores)
+        probs.scatter_(1, scores.argmax(dim=1, keepdim=True), 1.0)
+        return probs[0] if squeeze else probs
+    scores = scores / temperature
+    if 0 < top_k < vocab:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= 1 - top_p
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(1, order, remove_sorted)
+        scores = scores.masked_fill(remove, -float("inf"))
+    if min_p > 0.0:
+        probs = scores.softmax(dim=-1)
+        remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+        remove.scatter_(1, probs.argmax(dim=-1, keepdim=True), False)
+        scores = scores.masked_fill(remove, -float("inf"))
+    probs = scores.softmax(dim=-1)
+    return probs[0] if squeeze else probs

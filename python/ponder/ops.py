@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from ponder import _core
 
-__all__ = ["copy_blocks", "paged_attention", "paged_kv_append"]
+__all__ = ["SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append", "sample"]
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -245,3 +246,117 @@ def copy_blocks(
                             or bool(torch.isin(src, dst).any())):
             raise ValueError("dst ids must be distinct and none may also be a src")
     _core.copy_blocks(k_caches, v_caches, src, dst, stream=_stream(k_caches[0]) if k_caches else 0)
+
+
+class SampleOutput(NamedTuple):
+    """What :func:`sample` returns, one entry (or row) per row of ``logits``."""
+
+    tokens: torch.Tensor  #: int64 ``[num_rows]``
+    logprobs: torch.Tensor  #: float32 ``[num_rows]``, raw log-softmax at ``tokens``
+    top_ids: torch.Tensor  #: int64 ``[num_rows, num_logprobs]``
+    top_logprobs: torch.Tensor  #: float32 ``[num_rows, num_logprobs]``, descending
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seeds: torch.Tensor,
+    seq_ids: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    num_logprobs: int = 0,
+) -> SampleOutput:
+    """Sample one token per row, reproducibly, with temperature, top-k, top-p and min-p.
+
+    Filters apply in Hugging Face transformers' order (temperature, top-k, top-p, min-p) with
+    threshold semantics, so equal logits are kept or dropped together and a row's result never
+    depends on a sort order: top-k keeps every token whose scaled logit is >= the k-th largest
+    (ties at the threshold may keep more than k); top-p keeps a token when the probability mass
+    of the tokens strictly more probable than it is < ``top_p`` (so at least the most probable
+    token); min-p keeps tokens with probability >= ``min_p`` times the largest. The token is
+    then drawn by inverse CDF over the kept tokens in vocab order, with one uniform from
+    Philox4x32-10 keyed by ``seeds`` at counter ``(seq_ids, positions)``: a row's token depends
+    only on its own logits and parameters, never on the rest of the batch, and CPU and CUDA
+    draw the same uniform.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``[num_rows, vocab]``, float32, bfloat16 or float16, contiguous, CPU or CUDA. Finite or
+        ``-inf``, with at least one finite value per row.
+    temperature : torch.Tensor
+        float32 ``[num_rows]``, >= 0. ``0`` is greedy: the first index of the largest logit
+        (like ``torch.argmax``), and the other filters are ignored.
+    top_k : torch.Tensor
+        int32 ``[num_rows]``; ``<= 0`` disables.
+    top_p : torch.Tensor
+        float32 ``[num_rows]`` in ``(0, 1]``; ``1`` disables.
+    min_p : torch.Tensor
+        float32 ``[num_rows]`` in ``[0, 1]``; ``0`` disables.
+    seeds, seq_ids, positions : torch.Tensor
+        int64 ``[num_rows]``: the RNG key and counter of each row's draw.
+    num_logprobs : int, optional
+        How many of the highest raw log-probabilities to return per row, in ``[0, vocab]``.
+        On CUDA each costs one pass over the row; meant for the few (<= 20) serving asks for.
+
+    Returns
+    -------
+    SampleOutput
+        ``tokens`` int64 ``[num_rows]``; ``logprobs`` float32 ``[num_rows]``, the
+        log-softmax of the raw logits (before temperature and filters) at each token;
+        ``top_ids`` int64 and ``top_logprobs`` float32 ``[num_rows, num_logprobs]``, highest
+        first, ties to the lower id.
+
+    Examples
+    --------
+    >>> import torch, ponder.ops as ops
+    >>> logits = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
+    >>> n = logits.shape[0]
+    >>> out = ops.sample(logits, torch.tensor([0.0, 1.0]), torch.zeros(n, dtype=torch.int32),
+    ...                  torch.ones(n), torch.zeros(n), torch.zeros(n, dtype=torch.int64),
+    ...                  torch.arange(n), torch.zeros(n, dtype=torch.int64), num_logprobs=2)
+    >>> int(out.tokens[0]), out.top_ids[0].tolist()
+    (1, [1, 2])
+    """
+    named = (("logits", logits), ("temperature", temperature), ("top_k", top_k),
+             ("top_p", top_p), ("min_p", min_p), ("seeds", seeds), ("seq_ids", seq_ids),
+             ("positions", positions))
+    for n, x in named:
+        _tensor(x, n)
+    _same_device(logits, "logits", **dict(named[1:]))
+    if isinstance(num_logprobs, bool) or not isinstance(num_logprobs, int):
+        raise TypeError(f"num_logprobs must be an int, got {type(num_logprobs).__name__}")
+    if num_logprobs < 0:
+        raise ValueError(f"num_logprobs must be >= 0, got {num_logprobs}")
+    num_rows = logits.shape[0] if logits.dim() > 0 else 0
+    if logits.is_cuda:
+        _check_sampling_params(num_rows, temperature, top_p, min_p)
+    device = logits.device
+    out = SampleOutput(
+        torch.empty(num_rows, dtype=torch.int64, device=device),
+        torch.empty(num_rows, dtype=torch.float32, device=device),
+        torch.empty(num_rows, num_logprobs, dtype=torch.int64, device=device),
+        torch.empty(num_rows, num_logprobs, dtype=torch.float32, device=device),
+    )
+    _core.sample(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions, *out,
+                 num_logprobs=num_logprobs, stream=_stream(logits))
+    return out
+
+
+def _check_sampling_params(num_rows, temperature, top_p, min_p):
+    """On CUDA the binding cannot read the parameters; check them here (one device sync)."""
+    checks = [(name, t, bad) for name, t, bad in (
+        ("temperature", temperature, lambda t: ~(torch.isfinite(t) & (t >= 0))),
+        ("top_p", top_p, lambda t: ~((t > 0) & (t <= 1))),
+        ("min_p", min_p, lambda t: ~((t >= 0) & (t <= 1))),
+    ) if t.dtype == torch.float32 and t.shape == (num_rows,) and num_rows > 0]
+    if not checks:
+        return  # the binding reports dtype and shape errors
+    flags = torch.stack([bad(t).any() for _, t, bad in checks]).tolist()
+    ranges = {"temperature": "[0, inf)", "top_p": "(0, 1]", "min_p": "[0, 1]"}
+    for (name, _, _), flag in zip(checks, flags):
+        if flag:
+            raise ValueError(f"{name} holds a value outside {ranges[name]}")
