@@ -23,6 +23,7 @@ namespace {
 
 constexpr int64_t kQueryTile = 16;  // query tokens per task in extend (prefill) mode
 constexpr int64_t kMaxBlockSize = 256;
+constexpr int64_t kParallelMinBytes = 512 * 1024;  // K/V bytes read below which one thread runs
 
 struct Scratch {
   std::vector<float> q;    // [rows, head_dim], pre-scaled
@@ -467,8 +468,14 @@ void run(const PagedAttentionParams& p) {
   const int64_t heads_per_task = p.batch * tiles_per_seq >= 4 * threads ? p.num_kv_heads : 1;
   const int64_t head_groups = p.num_kv_heads / heads_per_task;
   const int64_t num_tasks = p.batch * tiles_per_seq * head_groups;
+  // Small problems (a short decode) run on the calling thread: waking a team costs more than
+  // the work, and on a loaded machine a parallel region waits for a descheduled worker.
+  int64_t kv_bytes = 0;
+  for (int64_t b = 0; b < p.batch; ++b) kv_bytes += p.seq_lens[b];
+  kv_bytes *= 2 * p.num_kv_heads * p.head_dim * static_cast<int64_t>(sizeof(T));
+  const bool parallel = num_tasks > 1 && kv_bytes * p.max_query_len > kParallelMinBytes;
   // Tiles past a sequence's q_len are empty tasks; dynamic scheduling absorbs them.
-#pragma omp parallel for schedule(dynamic, 1) if (num_tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < num_tasks; ++task) {
     const int64_t head_group = task % head_groups;
     const int64_t tile = (task / head_groups) % tiles_per_seq;

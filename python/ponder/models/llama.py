@@ -118,6 +118,8 @@ class CausalLM(nn.Module):
         """cos/sin for positions [0, max_positions), fp32 products as transformers forms them."""
         cache = self._rope_cache
         if cache is None or cache[0].shape[0] < max_positions:
+            old = 0 if cache is None else cache[0].shape[0]
+            max_positions = max(max_positions, 2 * old, 4096)  # grow rarely
             pos = torch.arange(max_positions, dtype=torch.float32, device=self.inv_freq.device)
             freqs = pos[:, None] * self.inv_freq.float()[None, :]
             emb = torch.cat((freqs, freqs), dim=-1)
