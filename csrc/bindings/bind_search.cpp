@@ -29,13 +29,15 @@ nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v) {
 // True/False or "true"/"false"/"never" (HF's early_stopping values; only literal True stops as
 // soon as `width` hypotheses are finished).
 EarlyStopping parse_early_stopping(const nb::handle& v) {
-  if (nb::isinstance<nb::bool_>(v)) return nb::cast<bool>(v) ? EarlyStopping::kTrue : EarlyStopping::kFalse;
+  if (nb::isinstance<nb::bool_>(v))
+    return nb::cast<bool>(v) ? EarlyStopping::kTrue : EarlyStopping::kFalse;
   if (nb::isinstance<nb::str>(v)) {
     const std::string s = nb::cast<std::string>(v);
     if (s == "true") return EarlyStopping::kTrue;
     if (s == "false") return EarlyStopping::kFalse;
     if (s == "never") return EarlyStopping::kNever;
-    fail_value("early_stopping must be True, False, \"true\", \"false\" or \"never\", got \"" + s + "\"");
+    fail_value("early_stopping must be True, False, \"true\", \"false\" or \"never\", got \"" +
+               s + "\"");
   }
   fail_type("early_stopping must be a bool or a str, got " +
             nb::cast<std::string>(nb::str(v.type().attr("__name__"))));
@@ -49,9 +51,10 @@ const char* early_stopping_name(EarlyStopping e) {
 std::vector<int64_t> parse_eos(const nb::handle& v) {
   std::vector<int64_t> ids;
   if (v.is_none()) return ids;
-  if (nb::isinstance<nb::bool_>(v)) fail_type("eos_token_ids must be an int or a list of ints, got bool");
+  const char* expected = "eos_token_ids must be None, an int or a list of ints";
+  if (nb::isinstance<nb::bool_>(v) || nb::isinstance<nb::str>(v))
+    fail_type(std::string(expected) + ", got " + (nb::isinstance<nb::str>(v) ? "str" : "bool"));
   if (nb::isinstance<nb::int_>(v)) return {nb::cast<int64_t>(v)};
-  if (nb::isinstance<nb::str>(v)) fail_type("eos_token_ids must be an int or a list of ints, got str");
   try {
     for (nb::handle item : nb::iter(v)) {
       if (!nb::isinstance<nb::int_>(item) || nb::isinstance<nb::bool_>(item))
@@ -59,7 +62,7 @@ std::vector<int64_t> parse_eos(const nb::handle& v) {
       ids.push_back(nb::cast<int64_t>(item));
     }
   } catch (const nb::python_error&) {
-    fail_type("eos_token_ids must be an int or a list of ints");
+    fail_type(expected);
   }
   return ids;
 }
@@ -83,13 +86,15 @@ void bind_search(nb::module_& m) {
                                    num_return);
            },
            nb::arg("width"), nb::arg("max_new_tokens"), nb::arg("length_penalty") = 1.0,
-           nb::arg("early_stopping") = false, nb::arg("eos_token_ids") = nb::none(),
+           nb::arg("early_stopping").none() = false, nb::arg("eos_token_ids") = nb::none(),
            nb::arg("num_return") = 1)
       .def_prop_ro("width", &BeamSearch::width)
       .def_prop_ro("max_new_tokens", &BeamSearch::max_new_tokens)
       .def_prop_ro("length_penalty", &BeamSearch::length_penalty)
       .def_prop_ro("early_stopping",
-                   [](const BeamSearch& s) { return std::string(early_stopping_name(s.early_stopping())); },
+                   [](const BeamSearch& s) {
+                     return std::string(early_stopping_name(s.early_stopping()));
+                   },
                    "\"true\", \"false\" or \"never\".")
       .def_prop_ro("eos_token_ids", &BeamSearch::eos_token_ids)
       .def_prop_ro("num_return", &BeamSearch::num_return)

@@ -106,7 +106,8 @@ BeamSearch::BeamSearch(int32_t width, int32_t max_new_tokens, double length_pena
       length_penalty_(length_penalty),
       early_stopping_(early_stopping),
       eos_token_ids_(std::move(eos_token_ids)) {
-  if (width < 1) throw std::invalid_argument("width must be at least 1, got " + std::to_string(width));
+  if (width < 1)
+    throw std::invalid_argument("width must be at least 1, got " + std::to_string(width));
   if (max_new_tokens < 1)
     throw std::invalid_argument("max_new_tokens must be at least 1, got " +
                                 std::to_string(max_new_tokens));
@@ -228,7 +229,8 @@ void BeamSearch::step(const float* logprobs, int64_t num_rows, int64_t vocab_siz
   const int64_t hypothetical_length =
       early_stopping_ == EarlyStopping::kNever && length_penalty_ > 0.0 ? max_new_tokens_
                                                                         : num_generated;
-  const float best_running = running[0].value / length_divisor(hypothetical_length, length_penalty_);
+  const float best_running =
+      running[0].value / length_divisor(hypothetical_length, length_penalty_);
   float worst_finished = finished_[0].score;
   for (const Slot& s : finished_) worst_finished = std::min(worst_finished, s.score);
   bool can_improve = false;

@@ -144,6 +144,8 @@ def test_two_eos_tokens(models, early_stopping):
         second = int(model(torch.tensor([PROMPTS[0]])).logits[0, -1].argsort()[-4])
     for lp in (-0.5, 1.0):
         assert_same(*run_both(model, PROMPTS[0], 3, 9, lp, early_stopping, [EOS, second], 3))
+    # A repeated id still counts towards the candidates ranked (HF does not deduplicate).
+    assert_same(*run_both(model, PROMPTS[1], 2, 9, 1.0, early_stopping, [EOS, EOS], 2))
 
 
 def test_one_new_token(models):
@@ -219,6 +221,7 @@ def test_state_and_shapes():
     (dict(width=2, max_new_tokens=4, length_penalty=math.nan), ValueError, "length_penalty"),
     (dict(width=2, max_new_tokens=4, early_stopping="sometimes"), ValueError, "early_stopping"),
     (dict(width=2, max_new_tokens=4, early_stopping=1), TypeError, "early_stopping"),
+    (dict(width=2, max_new_tokens=4, early_stopping=None), TypeError, "early_stopping"),
     (dict(width=2, max_new_tokens=4, eos_token_ids=[-1]), ValueError, "eos_token_ids"),
     (dict(width=2, max_new_tokens=4, eos_token_ids="2"), TypeError, "eos_token_ids"),
     (dict(width=2, max_new_tokens=4, eos_token_ids=[1.0]), TypeError, "eos_token_ids"),
