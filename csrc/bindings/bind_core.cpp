@@ -142,6 +142,7 @@ void bind_core(nb::module_& m) {
            "int32 [len(seq_ids), width] block tables padded with 0, width >= min_width.")
       .def("ref_count", [](const KvCacheManager& m, int32_t b) { check_block(m.pool(), b); return m.pool().ref_count(b); },
            nb::arg("block"))
+      .def("contains", &KvCacheManager::contains, nb::arg("seq_id"))
       .def("sequence_ids", &KvCacheManager::sequence_ids)
       .def("reset_peak", [](KvCacheManager& m) { m.pool().reset_peak(); })
       .def("stats", &pool_stats, "Block and prefix-cache counters as a dict.");

@@ -116,9 +116,72 @@ class KvCacheManager:
 
     def ref_count(self, block: int) -> int: ...
 
+    def contains(self, seq_id: int) -> bool: ...
+
     def sequence_ids(self) -> list[int]: ...
 
     def reset_peak(self) -> None: ...
 
     def stats(self) -> dict:
         """Block and prefix-cache counters as a dict."""
+
+def sample(logits: Annotated[NDArray, dict(device='none')], temperature: Annotated[NDArray, dict(device='none')], top_k: Annotated[NDArray, dict(device='none')], top_p: Annotated[NDArray, dict(device='none')], min_p: Annotated[NDArray, dict(device='none')], seeds: Annotated[NDArray, dict(device='none')], seq_ids: Annotated[NDArray, dict(device='none')], positions: Annotated[NDArray, dict(device='none')], tokens: Annotated[NDArray, dict(device='none')], logprobs: Annotated[NDArray, dict(device='none')], top_ids: Annotated[NDArray, dict(device='none')], top_logprobs: Annotated[NDArray, dict(device='none')], num_logprobs: int = 0, stream: int = 0) -> None:
+    """Sample one token per row of logits (see ponder.ops.sample)."""
+
+class BeamSearch:
+    """
+    Token-level beam search for one prompt, equal to transformers' generate(num_beams=width, do_sample=False) token for token and score for score. The caller runs the model: each step() takes the next-token log-probs of the running beams (float32 [num_running, vocab], log_softmax of the logits; one row, the prompt, at the first step) and returns (parents, tokens): the next running beams, beam j = running beam parents[j] + tokens[j] (both empty once done). finalize() returns [(generated token ids, score)], best first.
+    """
+
+    def __init__(self, width: int, max_new_tokens: int, length_penalty: float = 1.0, early_stopping: object | None = False, eos_token_ids: object | None = None, num_return: int = 1) -> None: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def max_new_tokens(self) -> int: ...
+
+    @property
+    def length_penalty(self) -> float: ...
+
+    @property
+    def early_stopping(self) -> str:
+        """"true", "false" or "never"."""
+
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+
+    @property
+    def num_return(self) -> int: ...
+
+    @property
+    def num_candidates(self) -> int:
+        """Candidates ranked per step: max(2, 1 + len(eos_token_ids)) * width."""
+
+    @property
+    def num_running(self) -> int:
+        """
+        Rows the next step() takes: 1 before the first step, width while running, 0 once done.
+        """
+
+    @property
+    def num_steps(self) -> int:
+        """Steps taken = tokens generated per beam."""
+
+    @property
+    def num_finished(self) -> int: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def step(self, logprobs: Annotated[NDArray, dict(device='none')]) -> tuple:
+        """
+        logprobs: float32 [num_running, vocab_size], C-contiguous, on the CPU. Returns (parents int64 [k], tokens int64 [k]), k = width while running and 0 once done: the next running beams, best first; beam j continues running beam parents[j] (a row of logprobs) with tokens[j].
+        """
+
+    def finalize(self) -> list[tuple[list[int], float]]:
+        """
+        [(token_ids, score)] * num_return, best first, once done. token_ids are the generated tokens (the eos token included when one ended the beam); score is the float32 sum of their log-probs / len(token_ids) ** length_penalty, HF's sequences_scores.
+        """
+
+    def __repr__(self) -> str: ...
