@@ -360,3 +360,38 @@ def _check_sampling_params(num_rows, temperature, top_p, min_p):
     for (name, _, _), flag in zip(checks, flags):
         if flag:
             raise ValueError(f"{name} holds a value outside {ranges[name]}")
+
+
+_LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight.T + bias``, like ``torch.nn.functional.linear``.
+
+    On the CPU, inputs of at most 16 rows (a decode step) run ponder's multi-threaded kernel,
+    which streams each weight row once for all rows of x; anything else runs torch's.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[..., in_features]``.
+    weight : torch.Tensor
+        ``[out_features, in_features]``, same dtype as ``x``.
+    bias : torch.Tensor, optional
+        ``[out_features]``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., out_features]``.
+    """
+    rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    if (x.device.type != "cpu" or not 0 < rows <= _core.LINEAR_MAX_ROWS
+            or x.dtype not in _LINEAR_DTYPES or weight.dtype != x.dtype
+            or (bias is not None and bias.dtype != x.dtype)
+            or not (x.is_contiguous() and weight.is_contiguous())):
+        return torch.nn.functional.linear(x, weight, bias)
+    x2 = x.reshape(rows, x.shape[-1])
+    out = torch.empty(rows, weight.shape[0], dtype=x.dtype)
+    _core.linear(x2, weight, bias, out)
+    return out.view(*x.shape[:-1], weight.shape[0])

@@ -40,6 +40,11 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    # Decode-sized inputs on the CPU go to ponder's multi-threaded GEMV (ponder.ops.linear).
+    return ops.linear(x, layer.weight, layer.bias)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -59,7 +64,7 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim ** -0.5
 
     def forward(self, x, cos, sin, meta: AttentionMetadata, k_cache, v_cache):
-        qkv = self.qkv_proj(x)
+        qkv = _linear(self.qkv_proj, x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -72,7 +77,7 @@ class Attention(nn.Module):
         out = ops.paged_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
                                   meta.seq_lens, meta.cu_query_lens, self.scale,
                                   max_seq_len=meta.max_seq_len)
-        return self.o_proj(out.view(-1, self.q_size))
+        return _linear(self.o_proj, out.view(-1, self.q_size))
 
 
 class MLP(nn.Module):
@@ -83,8 +88,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+        gate, up = _linear(self.gate_up_proj, x).split(self.inter, dim=-1)
+        return _linear(self.down_proj, nn.functional.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -136,7 +141,7 @@ class CausalLM(nn.Module):
         return x
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.norm(hidden)).float()
+        return _linear(self.lm_head, self.norm(hidden)).float()
 
     # --- weights ------------------------------------------------------------------------
     def load_weights(self, source, dtype: torch.dtype, device: torch.device) -> None:

@@ -1,0 +1,53 @@
+// Binding of the decode-sized linear kernel (CPU only; CUDA callers use torch's cuBLAS).
+#include <nanobind/stl/optional.h>
+
+#include <optional>
+
+#include "checks.h"
+#include "ponder/linear.h"
+
+namespace ponder::bindings {
+namespace {
+
+void linear(const Array& x, const Array& weight, const std::optional<Array>& bias, const Array& out) {
+  check_ndim(x, "x", 2);
+  check_ndim(weight, "weight", 2);
+  check_ndim(out, "out", 2);
+  const DType dtype = float_dtype(weight, "weight");
+  check_same_dtype(x, "x", dtype, "weight");
+  check_same_dtype(out, "out", dtype, "weight");
+  const int64_t m = x.shape(0), k = x.shape(1), n = weight.shape(0);
+  check_dim(weight, "weight", 1, k, "in_features (x.shape[1])");
+  check_dim(out, "out", 0, m, "x.shape[0]");
+  check_dim(out, "out", 1, n, "out_features (weight.shape[0])");
+  if (m > cpu::kLinearMaxRows)
+    fail_value("x has " + std::to_string(m) + " rows; this kernel takes at most " +
+               std::to_string(cpu::kLinearMaxRows));
+  for (auto [a, name] : {std::pair{&x, "x"}, {&weight, "weight"}, {&out, "out"}}) {
+    if (a->device_type() != nb::device::cpu::value) fail_value(std::string(name) + " must be a CPU tensor");
+    check_contiguous(*a, name);
+  }
+  if (bias) {
+    check_ndim(*bias, "bias", 1);
+    check_same_dtype(*bias, "bias", dtype, "weight");
+    check_dim(*bias, "bias", 0, n, "out_features (weight.shape[0])");
+    if (bias->device_type() != nb::device::cpu::value) fail_value("bias must be a CPU tensor");
+    check_contiguous(*bias, "bias");
+  }
+  LinearParams p{x.data(), weight.data(), bias ? bias->data() : nullptr, out.data(), m, n, k,
+                 dtype};
+  if (m == 0 || n == 0) return;
+  nb::gil_scoped_release release;
+  check_status(cpu::linear(p), "linear");
+}
+
+}  // namespace
+
+void bind_linear(nb::module_& m) {
+  m.attr("LINEAR_MAX_ROWS") = cpu::kLinearMaxRows;
+  m.def("linear", &linear, nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
+        nb::arg("bias").noconvert().none(), nb::arg("out").noconvert(),
+        "out = x @ weight.T + bias for at most 16 rows of x (CPU).");
+}
+
+}  // namespace ponder::bindings

@@ -1,0 +1,23 @@
+// linear: out = x @ weight^T + bias for the few rows of a decode step (memory-bound GEMV).
+#pragma once
+
+#include "ponder/common.h"
+
+namespace ponder {
+
+struct LinearParams {
+  const void* x;       // [m, k]
+  const void* weight;  // [n, k]
+  const void* bias;    // [n] or nullptr
+  void* out;           // [m, n]
+  int64_t m, n, k;
+  DType dtype;         // of every tensor
+};
+
+namespace cpu {
+// Rows of x at most this many: beyond it a blocked GEMM (torch's) reuses weights better.
+constexpr int64_t kLinearMaxRows = 16;
+Status linear(const LinearParams& params);
+}
+
+}  // namespace ponder

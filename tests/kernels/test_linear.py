@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from ponder import _core, ops
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-5), torch.bfloat16: dict(atol=0.1, rtol=1e-2),
+       torch.float16: dict(atol=2e-2, rtol=2e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 4, 7, 16])
+@pytest.mark.parametrize("k,n", [(576, 960), (64, 5), (40, 33), (1536, 576)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_torch(dtype, m, k, n, bias):
+    g = torch.Generator().manual_seed(m * 1000 + k + n)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    out = torch.empty(m, n, dtype=dtype)
+    _core.linear(x, w, b, out)
+    ref = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
+    torch.testing.assert_close(out.float(), ref, **TOL[dtype])
+
+
+def test_ops_linear_dispatch():
+    x = torch.randn(2, 3, 64)
+    w = torch.randn(32, 64)
+    torch.testing.assert_close(ops.linear(x, w), torch.nn.functional.linear(x, w),
+                               atol=1e-4, rtol=1e-5)
+    big = torch.randn(40, 64)  # more rows than the kernel takes: torch's GEMM
+    torch.testing.assert_close(ops.linear(big, w), torch.nn.functional.linear(big, w))
+
+
+def test_bad_input():
+    x, w, out = torch.randn(2, 8), torch.randn(4, 8), torch.empty(2, 4)
+    with pytest.raises(ValueError, match="weight"):
+        _core.linear(x, torch.randn(4, 9), None, out)
+    with pytest.raises(TypeError, match="x"):
+        _core.linear(x.double(), w, None, out)
+    with pytest.raises(ValueError, match="out"):
+        _core.linear(x, w, None, torch.empty(2, 5))
+    with pytest.raises(ValueError, match="bias"):
+        _core.linear(x, w, torch.randn(5), out)
+    with pytest.raises(ValueError, match="rows"):
+        _core.linear(torch.randn(17, 8), w, None, torch.empty(17, 4))
+    with pytest.raises(ValueError, match="contiguous"):
+        _core.linear(torch.randn(8, 2).t(), w, None, out)
