@@ -13,6 +13,7 @@ void bind_core(nb::module_& m);
 void bind_sampler(nb::module_& m);
 void bind_search(nb::module_& m);
 void bind_linear(nb::module_& m);
+void bind_layer_ops(nb::module_& m);
 }  // namespace ponder::bindings
 
 NB_MODULE(_core, m) {
@@ -37,4 +38,5 @@ NB_MODULE(_core, m) {
   ponder::bindings::bind_sampler(m);
   ponder::bindings::bind_search(m);
   ponder::bindings::bind_linear(m);
+  ponder::bindings::bind_layer_ops(m);
 }

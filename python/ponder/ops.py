@@ -395,3 +395,54 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     out = torch.empty(rows, weight.shape[0], dtype=x.dtype)
     _core.linear(x2, weight, bias, out)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
+             residual: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm over the last dimension as transformers computes it (fp32 statistics).
+
+    With ``residual`` (same shape as ``x``), first ``residual += x`` in place, then normalizes
+    the sum: the residual add and the norm of a pre-norm decoder layer in one call.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``[num_tokens, hidden]``.
+    weight : torch.Tensor
+        ``[hidden]``, same dtype.
+    """
+    if x.device.type == "cpu" and x.dim() == 2 and x.is_contiguous():
+        out = torch.empty_like(x)
+        _core.rms_norm(x, weight, float(eps), residual, out)
+        return out
+    if residual is not None:
+        residual.add_(x)
+        x = residual
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+           positions: torch.Tensor) -> None:
+    """Rotary embedding (rotate-half layout) applied in place to ``q`` ``[num_tokens,
+    num_heads, head_dim]`` and ``k`` ``[num_tokens, num_kv_heads, head_dim]``, with
+    ``cos``/``sin`` tables ``[max_positions, head_dim]`` indexed by int64 ``positions``."""
+    if q.device.type == "cpu" and q.is_contiguous() and k.is_contiguous():
+        _core.rotary(q, k, cos, sin, positions)
+        return
+    c, s = cos[positions][:, None, :], sin[positions][:, None, :]
+    for x in (q, k):
+        half = x.shape[-1] // 2
+        rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        x.copy_(x * c + rot * s)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up = [gate | up]`` ``[num_tokens, 2 * inter]``."""
+    if gate_up.device.type == "cpu" and gate_up.dim() == 2 and gate_up.is_contiguous():
+        out = torch.empty(gate_up.shape[0], gate_up.shape[1] // 2, dtype=gate_up.dtype)
+        _core.silu_and_mul(gate_up, out)
+        return out
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up

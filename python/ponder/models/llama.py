@@ -33,21 +33,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x), or with residual: residual += x in place, then norm(residual)."""
+        shape = x.shape
+        out = ops.rms_norm(x.reshape(-1, shape[-1]), self.weight, self.eps,
+                           None if residual is None else residual.view(-1, shape[-1]))
+        return out.view(shape)
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     # Decode-sized inputs on the CPU go to ponder's multi-threaded GEMV (ponder.ops.linear).
     return ops.linear(x, layer.weight, layer.bias)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -63,20 +59,20 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = cfg.head_dim ** -0.5
 
-    def forward(self, x, cos, sin, meta: AttentionMetadata, k_cache, v_cache):
+    def forward(self, x, rope, meta: AttentionMetadata, k_cache, v_cache):
         qkv = _linear(self.qkv_proj, x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        q = q.reshape(-1, self.num_heads, self.head_dim).contiguous()
+        k = k.reshape(-1, self.num_kv_heads, self.head_dim).contiguous()
         v = v.reshape(-1, self.num_kv_heads, self.head_dim).contiguous()
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
-        ops.paged_kv_append(k.contiguous(), v, k_cache, v_cache, meta.slot_mapping)
-        out = ops.paged_attention(q.contiguous(), k_cache, v_cache, meta.block_tables,
-                                  meta.seq_lens, meta.cu_query_lens, self.scale,
-                                  max_seq_len=meta.max_seq_len)
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        cos, sin, positions = rope
+        ops.rotary(q, k, cos, sin, positions)
+        ops.paged_kv_append(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = ops.paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                  meta.cu_query_lens, self.scale, max_seq_len=meta.max_seq_len)
         return _linear(self.o_proj, out.view(-1, self.q_size))
 
 
@@ -88,8 +84,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.inter, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x):
-        gate, up = _linear(self.gate_up_proj, x).split(self.inter, dim=-1)
-        return _linear(self.down_proj, nn.functional.silu(gate) * up)
+        return _linear(self.down_proj, ops.silu_and_mul(_linear(self.gate_up_proj, x)))
 
 
 class DecoderLayer(nn.Module):
@@ -100,9 +95,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, meta, k_cache, v_cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, rope, meta, k_cache, v_cache):
+        """x: the previous layer's MLP output (or the embeddings), residual: the stream
+        before it (None at the first layer). Returns this layer's (MLP output, residual)."""
+        if residual is None:
+            residual = x
+            h = self.input_layernorm(x)
+        else:
+            h = self.input_layernorm(x, residual)  # residual += x, then norm
+        h = self.self_attn(h, rope, meta, k_cache, v_cache)
+        h = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
 
 
 class CausalLM(nn.Module):
@@ -133,15 +136,17 @@ class CausalLM(nn.Module):
         return cache
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_caches):
+        """The final-norm hidden states [num_tokens, hidden]."""
         x = self.embed_tokens(input_ids)
-        cos_t, sin_t = self.rope_tables(max(meta.max_seq_len, 1))
-        cos, sin = cos_t[positions][:, None, :], sin_t[positions][:, None, :]
+        cos, sin = self.rope_tables(max(meta.max_seq_len, 1))
+        rope = (cos, sin, positions)
+        residual = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
-            x = layer(x, cos, sin, meta, k_cache, v_cache)
-        return x
+            x, residual = layer(x, residual, rope, meta, k_cache, v_cache)
+        return self.norm(x, residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _linear(self.lm_head, self.norm(hidden)).float()
+        return _linear(self.lm_head, hidden).float()
 
     # --- weights ------------------------------------------------------------------------
     def load_weights(self, source, dtype: torch.dtype, device: torch.device) -> None:
