@@ -1,15 +1,15 @@
 // Bindings of the kernels: a wall of checks, then dispatch by device. Value checks that need
 // to read index tensors run here for CPU tensors; for CUDA tensors ponder.ops does them with
 // torch so that nothing here reads device memory.
-#include <nanobind/stl/optional.h>
-#include <nanobind/stl/vector.h>
-
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "checks.h"
+#include "tensor.h"
 #include "ponder/copy_blocks.h"
 #include "ponder/paged_attention.h"
 #include "ponder/paged_kv_append.h"
@@ -19,8 +19,13 @@ namespace {
 
 void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
-void paged_kv_append(const Array& key, const Array& value, const Array& k_cache,
-                     const Array& v_cache, const Array& slot_mapping, uintptr_t stream) {
+void paged_kv_append(nb::handle key_obj, nb::handle value_obj, nb::handle k_cache_obj,
+                     nb::handle v_cache_obj, nb::handle slot_mapping_obj, uintptr_t stream) {
+  const Array key = import_tensor(key_obj, "key");
+  const Array value = import_tensor(value_obj, "value");
+  const Array k_cache = import_tensor(k_cache_obj, "k_cache");
+  const Array v_cache = import_tensor(v_cache_obj, "v_cache");
+  const Array slot_mapping = import_tensor(slot_mapping_obj, "slot_mapping");
   check_device_supported(k_cache, "k_cache");
   check_ndim(key, "key", 3);
   check_ndim(value, "value", 3);
@@ -71,11 +76,20 @@ void paged_kv_append(const Array& key, const Array& value, const Array& k_cache,
   check_status(cpu::paged_kv_append(p), "paged_kv_append");
 }
 
-void paged_attention(const Array& query, const Array& k_cache, const Array& v_cache,
-                     const Array& block_tables, const Array& seq_lens,
-                     const std::optional<Array>& cu_query_lens, const Array& out, float scale,
-                     int64_t max_seq_len, const std::optional<Array>& workspace,
-                     int64_t num_splits, uintptr_t stream) {
+void paged_attention(nb::handle query_obj, nb::handle k_cache_obj, nb::handle v_cache_obj,
+                     nb::handle block_tables_obj, nb::handle seq_lens_obj,
+                     nb::handle cu_query_lens_obj, nb::handle out_obj, float scale,
+                     int64_t max_seq_len, nb::handle workspace_obj, int64_t num_splits,
+                     uintptr_t stream) {
+  const Array query = import_tensor(query_obj, "query");
+  const Array k_cache = import_tensor(k_cache_obj, "k_cache");
+  const Array v_cache = import_tensor(v_cache_obj, "v_cache");
+  const Array block_tables = import_tensor(block_tables_obj, "block_tables");
+  const Array seq_lens = import_tensor(seq_lens_obj, "seq_lens");
+  const std::optional<Array> cu_query_lens =
+      import_optional_tensor(cu_query_lens_obj, "cu_query_lens");
+  const Array out = import_tensor(out_obj, "out");
+  const std::optional<Array> workspace = import_optional_tensor(workspace_obj, "workspace");
   check_device_supported(query, "query");
   check_ndim(query, "query", 3);
   check_ndim(k_cache, "k_cache", 4);
@@ -211,8 +225,34 @@ void paged_attention(const Array& query, const Array& k_cache, const Array& v_ca
   check_status(cpu::paged_attention(p), "paged_attention");
 }
 
-void copy_blocks(const std::vector<Array>& k_caches, const std::vector<Array>& v_caches,
-                 const Array& src, const Array& dst, uintptr_t stream) {
+// A snapshot of a sequence of tensors. The tuple holds a reference to each tensor, whose
+// imported views have no owner, while the kernel runs without the GIL.
+nb::tuple tensor_sequence(nb::handle obj, const char* name) {
+  if (!PySequence_Check(obj.ptr()) || nb::isinstance<nb::str>(obj) ||
+      nb::isinstance<nb::bytes>(obj))
+    fail_type(std::string(name) + " must be a sequence of tensors, got " +
+              nb::type_name(obj.type()).c_str());
+  PyObject* items = PySequence_Tuple(obj.ptr());
+  if (!items) throw nb::python_error();
+  return nb::steal<nb::tuple>(items);
+}
+
+std::vector<Array> import_tensors(const nb::tuple& items, const char* name) {
+  std::vector<Array> arrays;
+  arrays.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i)
+    arrays.push_back(import_tensor(items[i], (name + ("[" + std::to_string(i) + "]")).c_str()));
+  return arrays;
+}
+
+void copy_blocks(nb::handle k_caches_obj, nb::handle v_caches_obj, nb::handle src_obj,
+                 nb::handle dst_obj, uintptr_t stream) {
+  const nb::tuple k_items = tensor_sequence(k_caches_obj, "k_caches");
+  const nb::tuple v_items = tensor_sequence(v_caches_obj, "v_caches");
+  const std::vector<Array> k_caches = import_tensors(k_items, "k_caches");
+  const std::vector<Array> v_caches = import_tensors(v_items, "v_caches");
+  const Array src = import_tensor(src_obj, "src");
+  const Array dst = import_tensor(dst_obj, "dst");
   if (k_caches.empty()) fail_value("k_caches must hold at least one layer's cache");
   if (k_caches.size() != v_caches.size())
     fail_value("k_caches and v_caches must have the same number of layers");
@@ -279,19 +319,19 @@ void copy_blocks(const std::vector<Array>& k_caches, const std::vector<Array>& v
 }  // namespace
 
 void bind_kernels(nb::module_& m) {
-  m.def("paged_kv_append", &paged_kv_append, nb::arg("key").noconvert(),
-        nb::arg("value").noconvert(), nb::arg("k_cache").noconvert(),
-        nb::arg("v_cache").noconvert(), nb::arg("slot_mapping").noconvert(),
+  m.def("paged_kv_append", &paged_kv_append, tensor_arg("key"), tensor_arg("value"),
+        tensor_arg("k_cache"), tensor_arg("v_cache"), tensor_arg("slot_mapping"),
         nb::arg("stream") = 0);
-  m.def("paged_attention", &paged_attention, nb::arg("query").noconvert(),
-        nb::arg("k_cache").noconvert(), nb::arg("v_cache").noconvert(),
-        nb::arg("block_tables").noconvert(), nb::arg("seq_lens").noconvert(),
-        nb::arg("cu_query_lens").noconvert().none(), nb::arg("out").noconvert(),
-        nb::arg("scale"), nb::arg("max_seq_len") = 0, nb::arg("workspace").noconvert().none() = nb::none(),
+  m.def("paged_attention", &paged_attention, tensor_arg("query"), tensor_arg("k_cache"),
+        tensor_arg("v_cache"), tensor_arg("block_tables"), tensor_arg("seq_lens"),
+        tensor_arg("cu_query_lens"), tensor_arg("out"), nb::arg("scale"),
+        nb::arg("max_seq_len") = 0, tensor_arg("workspace") = nb::none(),
         nb::arg("num_splits") = 1, nb::arg("stream") = 0);
-  m.def("copy_blocks", &copy_blocks, nb::arg("k_caches").noconvert(),
-        nb::arg("v_caches").noconvert(), nb::arg("src").noconvert(), nb::arg("dst").noconvert(),
-        nb::arg("stream") = 0);
+  m.def("copy_blocks", &copy_blocks, tensor_arg("k_caches"), tensor_arg("v_caches"),
+        tensor_arg("src"), tensor_arg("dst"), nb::arg("stream") = 0);
+  m.def("_tensor_import_path", &tensor_import_path, nb::arg("obj"),
+        "How tensor arguments import obj: 'exchange' (DLPack C exchange API), 'dlpack' "
+        "(nanobind: __dlpack__ or the buffer protocol) or 'none'. For tests.");
 }
 
 }  // namespace ponder::bindings

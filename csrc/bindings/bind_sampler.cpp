@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "checks.h"
+#include "tensor.h"
 #include "ponder/sample.h"
 
 namespace ponder::bindings {
@@ -19,10 +20,23 @@ void check_rows(const float* values, int64_t n, const char* name, const char* ra
                  " is outside " + range);
 }
 
-void sample(const Array& logits, const Array& temperature, const Array& top_k, const Array& top_p,
-            const Array& min_p, const Array& seeds, const Array& seq_ids, const Array& positions,
-            const Array& tokens, const Array& logprobs, const Array& top_ids,
-            const Array& top_logprobs, int64_t num_logprobs, uintptr_t stream) {
+void sample(nb::handle logits_obj, nb::handle temperature_obj, nb::handle top_k_obj,
+            nb::handle top_p_obj, nb::handle min_p_obj, nb::handle seeds_obj,
+            nb::handle seq_ids_obj, nb::handle positions_obj, nb::handle tokens_obj,
+            nb::handle logprobs_obj, nb::handle top_ids_obj, nb::handle top_logprobs_obj,
+            int64_t num_logprobs, uintptr_t stream) {
+  const Array logits = import_tensor(logits_obj, "logits");
+  const Array temperature = import_tensor(temperature_obj, "temperature");
+  const Array top_k = import_tensor(top_k_obj, "top_k");
+  const Array top_p = import_tensor(top_p_obj, "top_p");
+  const Array min_p = import_tensor(min_p_obj, "min_p");
+  const Array seeds = import_tensor(seeds_obj, "seeds");
+  const Array seq_ids = import_tensor(seq_ids_obj, "seq_ids");
+  const Array positions = import_tensor(positions_obj, "positions");
+  const Array tokens = import_tensor(tokens_obj, "tokens");
+  const Array logprobs = import_tensor(logprobs_obj, "logprobs");
+  const Array top_ids = import_tensor(top_ids_obj, "top_ids");
+  const Array top_logprobs = import_tensor(top_logprobs_obj, "top_logprobs");
   check_device_supported(logits, "logits");
   check_ndim(logits, "logits", 2);
   const DType dtype = float_dtype(logits, "logits");
@@ -106,12 +120,11 @@ void sample(const Array& logits, const Array& temperature, const Array& top_k, c
 }  // namespace
 
 void bind_sampler(nb::module_& m) {
-  m.def("sample", &sample, nb::arg("logits").noconvert(), nb::arg("temperature").noconvert(),
-        nb::arg("top_k").noconvert(), nb::arg("top_p").noconvert(), nb::arg("min_p").noconvert(),
-        nb::arg("seeds").noconvert(), nb::arg("seq_ids").noconvert(),
-        nb::arg("positions").noconvert(), nb::arg("tokens").noconvert(),
-        nb::arg("logprobs").noconvert(), nb::arg("top_ids").noconvert(),
-        nb::arg("top_logprobs").noconvert(), nb::arg("num_logprobs") = 0, nb::arg("stream") = 0,
+  m.def("sample", &sample, tensor_arg("logits"), tensor_arg("temperature"),
+        tensor_arg("top_k"), tensor_arg("top_p"), tensor_arg("min_p"), tensor_arg("seeds"),
+        tensor_arg("seq_ids"), tensor_arg("positions"), tensor_arg("tokens"),
+        tensor_arg("logprobs"), tensor_arg("top_ids"), tensor_arg("top_logprobs"),
+        nb::arg("num_logprobs") = 0, nb::arg("stream") = 0,
         "Sample one token per row of logits (see ponder.ops.sample).");
 }
 
