@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "checks.h"
+#include "tensor.h"
 #include "ponder/layer_ops.h"
 
 namespace ponder::bindings {
@@ -15,8 +16,12 @@ void check_cpu(const Array& a, const char* name) {
   check_contiguous(a, name);
 }
 
-void rms_norm(const Array& x, const Array& weight, float eps, const std::optional<Array>& residual,
-              const Array& out) {
+void rms_norm(nb::handle x_obj, nb::handle weight_obj, float eps, nb::handle residual_obj,
+              nb::handle out_obj) {
+  const Array x = import_tensor(x_obj, "x");
+  const Array weight = import_tensor(weight_obj, "weight");
+  const std::optional<Array> residual = import_optional_tensor(residual_obj, "residual");
+  const Array out = import_tensor(out_obj, "out");
   check_ndim(x, "x", 2);
   check_ndim(weight, "weight", 1);
   const DType dtype = float_dtype(x, "x");
@@ -44,8 +49,13 @@ void rms_norm(const Array& x, const Array& weight, float eps, const std::optiona
   check_status(cpu::rms_norm(p), "rms_norm");
 }
 
-void rotary(const Array& q, const Array& k, const Array& cos, const Array& sin,
-            const Array& positions) {
+void rotary(nb::handle q_obj, nb::handle k_obj, nb::handle cos_obj, nb::handle sin_obj,
+            nb::handle positions_obj) {
+  const Array q = import_tensor(q_obj, "q");
+  const Array k = import_tensor(k_obj, "k");
+  const Array cos = import_tensor(cos_obj, "cos");
+  const Array sin = import_tensor(sin_obj, "sin");
+  const Array positions = import_tensor(positions_obj, "positions");
   check_ndim(q, "q", 3);
   check_ndim(k, "k", 3);
   check_ndim(cos, "cos", 2);
@@ -79,7 +89,9 @@ void rotary(const Array& q, const Array& k, const Array& cos, const Array& sin,
   check_status(cpu::rotary(p), "rotary");
 }
 
-void silu_and_mul(const Array& gate_up, const Array& out) {
+void silu_and_mul(nb::handle gate_up_obj, nb::handle out_obj) {
+  const Array gate_up = import_tensor(gate_up_obj, "gate_up");
+  const Array out = import_tensor(out_obj, "out");
   check_ndim(gate_up, "gate_up", 2);
   check_ndim(out, "out", 2);
   const DType dtype = float_dtype(gate_up, "gate_up");
@@ -98,11 +110,13 @@ void silu_and_mul(const Array& gate_up, const Array& out) {
 }  // namespace
 
 void bind_layer_ops(nb::module_& m) {
-  m.def("rms_norm", &rms_norm, nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
-        nb::arg("eps"), nb::arg("residual").noconvert().none(), nb::arg("out").noconvert());
-  m.def("rotary", &rotary, nb::arg("q").noconvert(), nb::arg("k").noconvert(),
-        nb::arg("cos").noconvert(), nb::arg("sin").noconvert(), nb::arg("positions").noconvert());
-  m.def("silu_and_mul", &silu_and_mul, nb::arg("gate_up").noconvert(), nb::arg("out").noconvert());
+  m.def("rms_norm", &rms_norm, tensor_arg("x"), tensor_arg("weight"), nb::arg("eps"),
+        tensor_arg("residual"), tensor_arg("out"),
+        "out = RMSNorm(x) * weight; with residual: residual += x first, then its norm.");
+  m.def("rotary", &rotary, tensor_arg("q"), tensor_arg("k"), tensor_arg("cos"), tensor_arg("sin"),
+        tensor_arg("positions"), "Rotary embedding applied in place to q and k.");
+  m.def("silu_and_mul", &silu_and_mul, tensor_arg("gate_up"), tensor_arg("out"),
+        "out = silu(gate) * up for gate_up = [gate | up].");
 }
 
 }  // namespace ponder::bindings

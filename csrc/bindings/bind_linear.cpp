@@ -4,12 +4,17 @@
 #include <optional>
 
 #include "checks.h"
+#include "tensor.h"
 #include "ponder/linear.h"
 
 namespace ponder::bindings {
 namespace {
 
-void linear(const Array& x, const Array& weight, const std::optional<Array>& bias, const Array& out) {
+void linear(nb::handle x_obj, nb::handle weight_obj, nb::handle bias_obj, nb::handle out_obj) {
+  const Array x = import_tensor(x_obj, "x");
+  const Array weight = import_tensor(weight_obj, "weight");
+  const std::optional<Array> bias = import_optional_tensor(bias_obj, "bias");
+  const Array out = import_tensor(out_obj, "out");
   check_ndim(x, "x", 2);
   check_ndim(weight, "weight", 2);
   check_ndim(out, "out", 2);
@@ -45,8 +50,8 @@ void linear(const Array& x, const Array& weight, const std::optional<Array>& bia
 
 void bind_linear(nb::module_& m) {
   m.attr("LINEAR_MAX_ROWS") = cpu::kLinearMaxRows;
-  m.def("linear", &linear, nb::arg("x").noconvert(), nb::arg("weight").noconvert(),
-        nb::arg("bias").noconvert().none(), nb::arg("out").noconvert(),
+  m.def("linear", &linear, tensor_arg("x"), tensor_arg("weight"), tensor_arg("bias"),
+        tensor_arg("out"),
         "out = x @ weight.T + bias for at most 16 rows of x (CPU).");
 }
 

@@ -28,11 +28,11 @@ def paged_attention_num_splits(num_tokens: int, num_heads: int, num_kv_heads: in
 
 def paged_attention_workspace_floats(num_tokens: int, num_heads: int, head_dim: int, num_splits: int) -> int: ...
 
-def paged_kv_append(key: Annotated[NDArray, dict(device='none')], value: Annotated[NDArray, dict(device='none')], k_cache: Annotated[NDArray, dict(device='none')], v_cache: Annotated[NDArray, dict(device='none')], slot_mapping: Annotated[NDArray, dict(device='none')], stream: int = 0) -> None: ...
+def paged_kv_append(key: object | None, value: object | None, k_cache: object | None, v_cache: object | None, slot_mapping: object | None, stream: int = 0) -> None: ...
 
-def paged_attention(query: Annotated[NDArray, dict(device='none')], k_cache: Annotated[NDArray, dict(device='none')], v_cache: Annotated[NDArray, dict(device='none')], block_tables: Annotated[NDArray, dict(device='none')], seq_lens: Annotated[NDArray, dict(device='none')], cu_query_lens: Annotated[NDArray, dict(device='none')] | None, out: Annotated[NDArray, dict(device='none')], scale: float, max_seq_len: int = 0, workspace: Annotated[NDArray, dict(device='none')] | None = None, num_splits: int = 1, stream: int = 0) -> None: ...
+def paged_attention(query: object | None, k_cache: object | None, v_cache: object | None, block_tables: object | None, seq_lens: object | None, cu_query_lens: object | None, out: object | None, scale: float, max_seq_len: int = 0, workspace: object | None = None, num_splits: int = 1, stream: int = 0) -> None: ...
 
-def copy_blocks(k_caches: Sequence[Annotated[NDArray, dict(device='none')]], v_caches: Sequence[Annotated[NDArray, dict(device='none')]], src: Annotated[NDArray, dict(device='none')], dst: Annotated[NDArray, dict(device='none')], stream: int = 0) -> None: ...
+def copy_blocks(k_caches: object | None, v_caches: object | None, src: object | None, dst: object | None, stream: int = 0) -> None: ...
 
 class BlockPool:
     """
@@ -125,7 +125,7 @@ class KvCacheManager:
     def stats(self) -> dict:
         """Block and prefix-cache counters as a dict."""
 
-def sample(logits: Annotated[NDArray, dict(device='none')], temperature: Annotated[NDArray, dict(device='none')], top_k: Annotated[NDArray, dict(device='none')], top_p: Annotated[NDArray, dict(device='none')], min_p: Annotated[NDArray, dict(device='none')], seeds: Annotated[NDArray, dict(device='none')], seq_ids: Annotated[NDArray, dict(device='none')], positions: Annotated[NDArray, dict(device='none')], tokens: Annotated[NDArray, dict(device='none')], logprobs: Annotated[NDArray, dict(device='none')], top_ids: Annotated[NDArray, dict(device='none')], top_logprobs: Annotated[NDArray, dict(device='none')], num_logprobs: int = 0, stream: int = 0) -> None:
+def sample(logits: object | None, temperature: object | None, top_k: object | None, top_p: object | None, min_p: object | None, seeds: object | None, seq_ids: object | None, positions: object | None, tokens: object | None, logprobs: object | None, top_ids: object | None, top_logprobs: object | None, num_logprobs: int = 0, stream: int = 0) -> None:
     """Sample one token per row of logits (see ponder.ops.sample)."""
 
 class BeamSearch:
@@ -185,3 +185,19 @@ class BeamSearch:
         """
 
     def __repr__(self) -> str: ...
+
+LINEAR_MAX_ROWS: int = 16
+
+def linear(x: object | None, weight: object | None, bias: object | None, out: object | None) -> None:
+    """out = x @ weight.T + bias for at most 16 rows of x (CPU)."""
+
+def rms_norm(x: object | None, weight: object | None, eps: float, residual: object | None, out: object | None) -> None:
+    """
+    out = RMSNorm(x) * weight; with residual: residual += x first, then its norm.
+    """
+
+def rotary(q: object | None, k: object | None, cos: object | None, sin: object | None, positions: object | None) -> None:
+    """Rotary embedding applied in place to q and k."""
+
+def silu_and_mul(gate_up: object | None, out: object | None) -> None:
+    """out = silu(gate) * up for gate_up = [gate | up]."""
