@@ -14,6 +14,11 @@ void bind_sampler(nb::module_& m);
 void bind_search(nb::module_& m);
 void bind_linear(nb::module_& m);
 void bind_layer_ops(nb::module_& m);
+void bind_tree(nb::module_& m);
+void bind_strategy_beam(nb::module_& m);
+void bind_strategy_particle(nb::module_& m);
+void bind_strategy_astar(nb::module_& m);
+void bind_strategy_mcts(nb::module_& m);
 }  // namespace ponder::bindings
 
 NB_MODULE(_core, m) {
@@ -39,4 +44,9 @@ NB_MODULE(_core, m) {
   ponder::bindings::bind_search(m);
   ponder::bindings::bind_linear(m);
   ponder::bindings::bind_layer_ops(m);
+  ponder::bindings::bind_tree(m);
+  ponder::bindings::bind_strategy_beam(m);
+  ponder::bindings::bind_strategy_particle(m);
+  ponder::bindings::bind_strategy_astar(m);
+  ponder::bindings::bind_strategy_mcts(m);
 }

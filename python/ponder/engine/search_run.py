@@ -1,0 +1,175 @@
+"""One live search inside the engine: drives its C++ strategy, turns planned expansions into
+step sequences (KV forked from the expanded node), and scores finished steps.
+
+Every node keeps a KV sequence holding its path with the last token still pending, so a
+child is a fork plus one decode of that token. Nodes the strategy releases give their KV
+back at once (their blocks live on in the children that share them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from ponder.search.answers import extract_answer
+from ponder.search.results import Candidate, SearchResult, SearchTreeView
+
+STREAM_STRIDE = 1 << 20  # RNG stream of a step = parent node * STREAM_STRIDE + ordinal
+
+
+class SearchRun:
+    def __init__(self, engine, req, question: str, spec, verifier: Callable | None,
+                 answer_fn: Callable[[str], str] | None):
+        self.engine, self.req, self.question, self.spec = engine, req, question, spec
+        self.strategy = spec.build()
+        self.tree = self.strategy.tree
+        self.verifier = verifier
+        self.answer_fn = answer_fn or extract_answer
+        self.node_kv: dict[int, int] = {}          # node -> KV sequence id
+        self.node_tokens: dict[int, list[int]] = {0: list(req.prompt_ids)}
+        self.node_text: dict[int, str] = {0: question}
+        self.ordinals: dict[int, int] = {}
+        self.pending: list = []                    # step sequences of the current round
+        self.round_plan: list[tuple[int, int]] = []
+        self.done = False
+        self.result: SearchResult | None = None
+        self.t0 = time.perf_counter()
+        self.stats = {"tokens_generated": 0, "tokens_prefilled": 0, "prefix_hit_tokens": 0,
+                      "forward_passes": 0, "score_calls": 0, "score_steps": 0,
+                      "peak_kv_blocks": 0, "rounds": 0}
+
+    # --- called by the engine -----------------------------------------------------------
+    def root_ready(self, root_seq) -> None:
+        self.node_kv[0] = root_seq.kv_id
+        root_seq.kv_id = None
+        self._next_round()
+
+    def step_done(self, seq) -> None:
+        if all(s.finished for s in self.pending):
+            self._finish_round()
+
+    def note_forward(self) -> None:
+        self.stats["forward_passes"] += 1
+        blocks = set()
+        for kv_id in list(self.node_kv.values()) + [s.kv_id for s in self.pending
+                                                    if s.kv_id is not None]:
+            blocks.update(self.engine.kv.block_table(kv_id))
+        self.stats["peak_kv_blocks"] = max(self.stats["peak_kv_blocks"], len(blocks))
+
+    def release_all(self) -> None:
+        for kv_id in self.node_kv.values():
+            if self.engine.kv.contains(kv_id):
+                self.engine.kv.free(kv_id)
+        self.node_kv.clear()
+        for s in self.pending:
+            if s.kv_id is not None and self.engine.kv.contains(s.kv_id):
+                self.engine.kv.free(s.kv_id)
+                s.kv_id = None
+
+    # --- rounds -------------------------------------------------------------------------
+    def _next_round(self) -> None:
+        plan = [] if self.done else self.strategy.plan()
+        if not plan:
+            self._finish_search()
+            return
+        self.stats["rounds"] += 1
+        self.round_plan = plan
+        self.pending = []
+        for node, k in plan:
+            for _ in range(k):
+                j = self.ordinals.get(node, 0)
+                self.ordinals[node] = j + 1
+                self.pending.append(self.engine._new_step_seq(
+                    self, node, self.node_tokens[node], self.node_kv[node],
+                    node * STREAM_STRIDE + j))
+        self.req.seqs = self.pending
+
+    def _finish_round(self) -> None:
+        tree, st = self.tree, self.strategy
+        children = []
+        for seq in self.pending:
+            step_tokens = seq.tokens[seq.base:]
+            finished = seq.finish_reason == "eos"
+            cid = tree.add_child(seq.parent_node, len(step_tokens), seq.cum_logprob, finished)
+            children.append(cid)
+            self.node_tokens[cid] = seq.tokens
+            self.node_text[cid] = seq.text
+            self.node_kv[cid] = seq.kv_id
+            seq.kv_id = None
+            self.stats["tokens_generated"] += len(step_tokens)
+        for cid in children:
+            n = tree.node(cid)
+            if n.finished or n.depth >= st.max_steps:
+                tree.set_answer(cid, self.answer_fn(self.solution_text(cid)))
+        scored = [c for c in children if st.needs_score(c)]
+        self._score(scored)
+        st.count_score_calls(len(scored))
+        self.stats["score_calls"] += len(scored)
+        st.observe(children)
+        for nid in st.take_released():
+            kv_id = self.node_kv.pop(nid, None)
+            if kv_id is not None:
+                self.engine.kv.free(kv_id)
+        self.pending = []
+        self._next_round()
+
+    def _score(self, nodes: list[int]) -> None:
+        if not nodes:
+            return
+        if self.verifier is None:
+            # No verifier: the policy's own confidence, exp(mean token logprob) per step.
+            for c in nodes:
+                scores = []
+                for nid in self.tree.path(c):
+                    n = self.tree.node(nid)
+                    scores.append(math.exp(n.logprob_sum / max(1, n.num_tokens)))
+                self.tree.set_path_scores(c, scores)
+            return
+        batch = getattr(self.verifier, "batch", None)
+        steps = [self.steps(c) for c in nodes]
+        self.stats["score_steps"] += sum(len(s) for s in steps)
+        if batch is not None:
+            results = batch(self.question, steps)
+        else:
+            results = [self.verifier(self.question, s) for s in steps]
+        for c, s, r in zip(nodes, steps, results):
+            r = [float(x) for x in r]
+            if len(r) != len(s):
+                raise ValueError(f"verifier returned {len(r)} scores for {len(s)} steps")
+            self.tree.set_path_scores(c, r)
+
+    def _finish_search(self) -> None:
+        self.done = True
+        self.release_all()
+        ranking = self.strategy.ranking()
+        cands = [Candidate(n, self.solution_text(n), self.steps(n),
+                           list(self.tree.node(n).path_scores), self.tree.node(n).answer)
+                 for n in ranking]
+        best = cands[0] if cands else None
+        self.stats["score_calls"] = self.strategy.score_calls
+        self.stats["wall_ms"] = round((time.perf_counter() - self.t0) * 1000, 1)
+        view = SearchTreeView(self.question, self.strategy.name, self._nodes(),
+                              self.tree.path(best.node) if best else [])
+        self.result = SearchResult(best.answer if best else "", best, cands, dict(self.stats),
+                                   view)
+
+    # --- text -----------------------------------------------------------------------------
+    def steps(self, node: int) -> list[str]:
+        return [self.node_text[n].strip() for n in self.tree.path(node)]
+
+    def solution_text(self, node: int) -> str:
+        return self.spec.step_stop[0].join(self.node_text[n] for n in self.tree.path(node))
+
+    def _nodes(self) -> list[dict]:
+        out = []
+        for i in range(len(self.tree)):
+            n = self.tree.node(i)
+            out.append({"id": n.id, "parent": n.parent, "children": list(n.children),
+                        "depth": n.depth, "text": self.node_text.get(i, ""),
+                        "num_tokens": n.num_tokens, "logprob_sum": n.logprob_sum,
+                        "finished": n.finished, "score": n.score,
+                        "path_scores": list(n.path_scores), "answer": n.answer,
+                        "visits": n.visits, "value": n.value_sum / n.visits if n.visits else 0.0,
+                        "pruned": n.pruned})
+        return out

@@ -1,0 +1,71 @@
+"""Search strategy specifications. Each builds its C++ state machine (ponder._core); the
+engine drives it. Fields shared by all strategies:
+
+max_steps: steps in a solution; max_tokens: generated-token budget of the whole search
+(0: none); max_score_calls: verifier/PRM calls (0: none); step_stop: strings that end a step
+(found across token boundaries); max_step_tokens: tokens in one step; temperature, top_p:
+the policy's sampling; seed: the search's random stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ponder import _core
+
+
+@dataclass
+class SearchSpec:
+    max_steps: int = 40
+    max_tokens: int = 0
+    max_score_calls: int = 0
+    step_stop: list[str] = field(default_factory=lambda: ["\n\n"])
+    max_step_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def _check_common(self):
+        if not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be an int >= 1, got {self.max_steps!r}")
+        if self.max_tokens < 0 or self.max_score_calls < 0:
+            raise ValueError("max_tokens and max_score_calls must be >= 0 (0: unlimited)")
+        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
+        if isinstance(self.step_stop, str):
+            self.step_stop = [self.step_stop]
+        if not self.step_stop or any(not isinstance(s, str) or not s for s in self.step_stop):
+            raise ValueError("step_stop must hold non-empty strings")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 for search, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    def _budget(self) -> dict:
+        return dict(max_tokens=self.max_tokens, max_score_calls=self.max_score_calls,
+                    max_steps=self.max_steps)
+
+    def build(self):
+        raise NotImplementedError
+
+
+@dataclass
+class BestOfN(SearchSpec):
+    """n independent solutions, scored and aggregated, one selected (search-and-learn)."""
+
+    n: int = 16
+    aggregation: str = "last"
+    select: str = "naive"
+
+    def __post_init__(self):
+        self._check_common()
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
+        if self.aggregation not in ("last", "min", "prod", "mean"):
+            raise ValueError(f"aggregation must be last, min, prod or mean, got "
+                             f"{self.aggregation!r}")
+        if self.select not in ("naive", "weighted", "majority"):
+            raise ValueError(f"select must be naive, weighted or majority, got {self.select!r}")
+
+    def build(self):
+        return _core.BestOfNStrategy(self.n, self.aggregation, self.select, **self._budget())
