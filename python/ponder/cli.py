@@ -65,6 +65,38 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ponder import demo
+
+    return demo.main(args.rest)
+
+
+def _search(args: argparse.Namespace) -> int:
+    import ponder
+
+    kinds = {"bon": "BestOfN", "beam": "BeamSearch", "dvts": "DVTS", "pf": "ParticleFilter",
+             "pg": "ParticleGibbs", "astar": "AStar", "mcts": "MCTS"}
+    cls = getattr(ponder, kinds[args.strategy], None)
+    if cls is None:
+        print(f"strategy {args.strategy} is not available in this build", file=sys.stderr)
+        return 2
+    kwargs = dict(max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
+                  max_tokens=args.budget_tokens, temperature=args.temperature, seed=args.seed)
+    if args.strategy in ("bon", "beam", "dvts", "pf", "pg"):
+        kwargs["n"] = args.n
+    if args.strategy in ("beam", "dvts"):
+        kwargs["width"] = args.width
+    spec = cls(**kwargs)
+    eng = ponder.Engine(args.model, dtype=args.dtype, device=args.device)
+    res = eng.search(args.question, spec)
+    print(res.best.text if res.best else "")
+    print(f"\n[answer: {res.answer!r}] {res.stats}", file=sys.stderr)
+    if args.html:
+        res.tree.to_html(args.html)
+        print(f"tree page: {args.html}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ponder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,11 +120,34 @@ def main(argv: list[str] | None = None) -> int:
     p_gen.add_argument("--device", default="cpu")
     p_gen.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     p_gen.set_defaults(func=_generate)
+    p_demo = sub.add_parser("demo", help="test-time search on SmolLM2 (ponder demo --help)",
+                            add_help=False)
+    p_demo.set_defaults(func=_demo)
+    p_s = sub.add_parser("search", help="search for a solution with a strategy")
+    p_s.add_argument("model")
+    p_s.add_argument("question")
+    p_s.add_argument("--strategy", default="bon",
+                     choices=["bon", "beam", "dvts", "pf", "pg", "astar", "mcts"])
+    p_s.add_argument("--n", type=int, default=8)
+    p_s.add_argument("--width", type=int, default=2)
+    p_s.add_argument("--max-steps", type=int, default=8)
+    p_s.add_argument("--max-step-tokens", type=int, default=128)
+    p_s.add_argument("--budget-tokens", type=int, default=0)
+    p_s.add_argument("--temperature", type=float, default=0.8)
+    p_s.add_argument("--seed", type=int, default=0)
+    p_s.add_argument("--html", default=None, help="write the search tree page here")
+    p_s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p_s.add_argument("--device", default="cpu")
+    p_s.set_defaults(func=_search)
     p_conv = sub.add_parser("convert", help="write an HF model directory from a GGUF file")
     p_conv.add_argument("gguf")
     p_conv.add_argument("out_dir")
     p_conv.set_defaults(func=_convert)
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.func is _demo:
+        args.rest = rest  # the demo parses its own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

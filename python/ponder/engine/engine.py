@@ -22,8 +22,10 @@ from ponder import _core, ops
 from ponder._core import KvCacheManager
 from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, StepEvent
 from ponder.engine.runner import ModelRunner, ScheduledSeq, resolve_dtype
+from ponder.engine.search_run import SearchRun
 from ponder.models.loader import load_checkpoint
 from ponder.sampling import Sampling
+from ponder.search.specs import SearchSpec
 from ponder.tokenizer import IncrementalDetokenizer, Tokenizer
 
 _SEED_MIX = 0x9E3779B97F4A7C15
@@ -43,10 +45,24 @@ class _Seq:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
+    base: int = -1                 # tokens before this sequence began generating
+    prefill_only: bool = False     # a search root: compute the prompt's KV, sample nothing
+    parent_node: int = -1          # search step: the node it extends
+    stream: int | None = None      # RNG stream (default: the completion index)
+    ended_solution: bool = False   # EOS or the context's end: the solution is complete
+
+    def __post_init__(self):
+        if self.base < 0:
+            self.base = len(self.tokens)
 
     @property
     def num_generated(self) -> int:
-        return len(self.tokens) - len(self.req.prompt_ids)
+        return len(self.tokens) - self.base
+
+    @property
+    def target(self) -> int:
+        """Tokens whose KV the next forward passes must compute."""
+        return len(self.tokens) - (1 if self.prefill_only else 0)
 
     @property
     def finished(self) -> bool:
@@ -61,9 +77,12 @@ class _Request:
     sampling: Sampling
     seed: int
     seqs: list[_Seq] = field(default_factory=list)
+    search: SearchRun | None = None
 
     @property
     def finished(self) -> bool:
+        if self.search is not None:
+            return self.search.done
         return all(s.finished for s in self.seqs)
 
 
@@ -140,11 +159,17 @@ class Engine:
             raise ValueError(f"prompt token ids must be in [0, {self.config.vocab_size})")
         return None, ids
 
-    def add_request(self, prompt, sampling: Sampling | None = None, chat: bool = True) -> int:
-        """Queues a prompt (str, or list of token ids); returns its request id."""
+    def add_request(self, prompt, sampling: Sampling | SearchSpec | None = None, chat: bool = True,
+                    prm=None, system_prompt: str | None = None, answer_fn=None) -> int:
+        """Queues a prompt (str, or list of token ids) with sampling parameters, or a
+        question with a search strategy (ponder.BestOfN, ponder.BeamSearch, ...); returns its
+        request id. For a search, prm is a verifier callable
+        ``verifier(question, steps) -> list[float]`` (None: the policy's confidence)."""
+        if isinstance(sampling, SearchSpec):
+            return self._add_search(prompt, sampling, chat, prm, system_prompt, answer_fn)
         sampling = sampling or Sampling()
         if not isinstance(sampling, Sampling):
-            raise TypeError("sampling must be a ponder.Sampling")
+            raise TypeError("sampling must be a ponder.Sampling or a search strategy")
         text, ids = self._prompt_ids(prompt, chat)
         max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
         if len(ids) >= max_len:
@@ -162,10 +187,67 @@ class Engine:
         self._waiting.append(req)
         return rid
 
+    def _add_search(self, question, spec: SearchSpec, chat, prm, system_prompt, answer_fn) -> int:
+        if not isinstance(question, str) or not question:
+            raise ValueError("a search needs a non-empty question string")
+        if prm is not None and not callable(prm):
+            raise TypeError("prm must be a callable verifier(question, steps) -> list[float]")
+        if self.tokenizer is None:
+            raise ValueError("search needs a model with a tokenizer")
+        if chat and self.tokenizer.chat_template:
+            msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            ids = self.tokenizer.encode_chat(msgs + [{"role": "user", "content": question}])
+        else:
+            ids = self.tokenizer.encode(question)
+        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
+        if len(ids) >= max_len:
+            raise ValueError(f"question has {len(ids)} tokens; the context holds {max_len}")
+        rid = next(self._ids)
+        seed = spec.seed if spec.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
+        sampling = Sampling(max_tokens=spec.max_step_tokens, temperature=spec.temperature,
+                            top_p=spec.top_p, stop=list(spec.step_stop), seed=seed)
+        req = _Request(rid, question, ids, sampling, seed)
+        root = _Seq(req, 0, list(ids), prefill_only=True)
+        req.seqs = [root]
+        req.search = SearchRun(self, req, question, spec, prm, answer_fn)
+        self._requests[rid] = req
+        self._waiting.append(req)
+        return rid
+
+    def _new_step_seq(self, run: SearchRun, node: int, tokens: list[int], kv_id: int,
+                      stream: int) -> _Seq:
+        """A sequence sampling one step after `node`: its KV forks the node's, whose last
+        token is still to be computed."""
+        seq = _Seq(run.req, 0, list(tokens), parent_node=node, stream=stream)
+        seq.kv_id = self.kv.fork(kv_id, len(tokens) - 1)
+        seq.computed = len(tokens) - 1
+        if self.tokenizer is not None:
+            seq.detok = IncrementalDetokenizer(self.tokenizer)
+        return seq
+
+    def search(self, question: str, strategy: SearchSpec, prm=None, chat: bool = True,
+               system_prompt: str | None = None, answer_fn=None):
+        """Runs one search to the end (other requests keep being served) and returns its
+        ponder.search.SearchResult: answer, best, candidates, stats, tree."""
+        if not isinstance(strategy, SearchSpec):
+            raise TypeError("strategy must be a search spec such as ponder.BestOfN(...)")
+        rid = self.add_request(question, strategy, chat=chat, prm=prm,
+                               system_prompt=system_prompt, answer_fn=answer_fn)
+        try:
+            while not self._requests[rid].finished:
+                self.step()
+        except BaseException:
+            if rid in self._requests:
+                self.abort(rid)
+            raise
+        return self.output(rid)
+
     def abort(self, request_id: int) -> None:
         req = self._requests.pop(request_id, None)
         if req is None:
             raise ValueError(f"unknown request_id {request_id}")
+        if req.search is not None:
+            req.search.release_all()
         self._release(req)
         if req in self._running:
             self._running.remove(req)
@@ -214,9 +296,9 @@ class Engine:
             req = self._running[i]
             ok = True
             for seq in req.seqs:
-                if seq.finished or seq.kv_id is None or seq.computed == len(seq.tokens):
+                if seq.finished or seq.kv_id is None or seq.computed >= seq.target:
                     continue
-                n = min(len(seq.tokens) - seq.computed, budget)
+                n = min(seq.target - seq.computed, budget)
                 while self.kv.blocks_needed(seq.kv_id, n) > self.kv.num_free_blocks:
                     victim = self._running[-1]
                     if victim is req:
@@ -241,8 +323,12 @@ class Engine:
                     continue
                 seq.kv_id = self.kv.create(np.asarray(seq.tokens[:-1], dtype=np.int32))
                 seq.computed = self.kv.length(seq.kv_id)
-                n = min(len(seq.tokens) - seq.computed, budget)
-                if n <= 0 or not self._reserve(seq, n, batch, copies):
+                if req.search is not None:
+                    req.search.stats["prefix_hit_tokens"] += seq.computed
+                n = min(seq.target - seq.computed, budget)
+                if n < 0 or (n == 0 and not seq.prefill_only):
+                    break
+                if n > 0 and not self._reserve(seq, n, batch, copies):
                     break
                 admitted.append(seq)
                 budget -= n
@@ -261,10 +347,11 @@ class Engine:
     def step(self) -> list[StepEvent]:
         """Runs one forward pass over everything scheduled; returns the new tokens/text."""
         batch, copies = self._schedule()
+        started = self._start_ready_searches()
         if not batch:
-            if self._waiting and not self._running:
+            if self._waiting and not self._running and not started:
                 raise RuntimeError("the KV pool is too small for the next request")
-            return []
+            return self._finished_search_events()
         self.runner.copy_blocks(copies)
         logits = self.runner.execute([sc for _, sc in batch])
         self.stats["forward_passes"] += 1
@@ -284,7 +371,32 @@ class Engine:
             for t in targets:
                 rows.append(row)
                 seqs.append(t)
+        for run in {id(sq.req): sq.req.search for sq, _ in batch
+                    if sq.req.search is not None}.values():
+            run.note_forward()
         events = self._sample_and_append(logits, rows, seqs)
+        self._start_ready_searches()
+        return events + self._finished_search_events()
+
+    def _start_ready_searches(self) -> bool:
+        """Searches whose prompt KV is complete start their first round."""
+        started = False
+        for req in self._running:
+            run = req.search
+            if run is None or 0 in run.node_kv or run.done:
+                continue
+            root = req.seqs[0]
+            if root.prefill_only and root.kv_id is not None and root.computed >= root.target:
+                run.root_ready(root)
+                started = True
+        return started
+
+    def _finished_search_events(self) -> list[StepEvent]:
+        events = []
+        for req in self._running:
+            if req.search is not None and req.search.done:
+                best = req.search.result.best
+                events.append(StepEvent(req.id, 0, [], best.text if best else "", True, "stop"))
         self._running = [r for r in self._running if not r.finished]
         return events
 
@@ -303,7 +415,8 @@ class Engine:
             torch.tensor([p.top_p for p in sp], dtype=torch.float32, device=dev),
             torch.tensor([p.min_p for p in sp], dtype=torch.float32, device=dev),
             torch.tensor([s.req.seed for s in seqs], dtype=torch.int64, device=dev),
-            torch.tensor([s.index for s in seqs], dtype=torch.int64, device=dev),
+            torch.tensor([s.index if s.stream is None else s.stream for s in seqs],
+                         dtype=torch.int64, device=dev),
             torch.tensor([len(s.tokens) for s in seqs], dtype=torch.int64, device=dev),
             num_logprobs=num_logprobs)
         tokens = out.tokens.tolist()
@@ -323,7 +436,9 @@ class Engine:
             else:
                 seq.logprobs.append(chosen[i])
             self.stats["tokens_generated"] += 1
-            events.append(self._advance(seq, tok))
+            ev = self._advance(seq, tok)
+            if seq.req.search is None:
+                events.append(ev)
         return events
 
     def _advance(self, seq: _Seq, tok: int) -> StepEvent:
@@ -331,6 +446,7 @@ class Engine:
         reason = None
         if tok in p.stop_token_ids or (not p.ignore_eos and tok in self.eos_token_ids):
             reason = "stop"
+            seq.ended_solution = True
         if seq.detok is not None:
             seq.detok.push([tok])
             text = seq.detok.text
@@ -342,12 +458,15 @@ class Engine:
         if reason is None and (seq.num_generated >= p.max_tokens
                                or len(seq.tokens) >= self.config.max_position_embeddings):
             reason = "length"
+            seq.ended_solution = len(seq.tokens) >= self.config.max_position_embeddings
         if reason is not None:
             seq.finish_reason = reason
             if seq.detok is not None and not seq.text != seq.detok.text:
                 seq.detok.flush()  # an incomplete character at the very end still shows
                 seq.text = seq.detok.text
-            if seq.kv_id is not None:
+            if seq.req.search is not None:
+                seq.req.search.step_done(seq)  # the step's KV becomes its node's
+            elif seq.kv_id is not None:
                 self.kv.free(seq.kv_id)
                 seq.kv_id = None
         # Hold back text that could still become a stop string.
@@ -365,6 +484,8 @@ class Engine:
             raise ValueError(f"unknown request_id {request_id}")
         if req.finished:
             del self._requests[request_id]
+        if req.search is not None:
+            return req.search.result
         n_prompt = len(req.prompt_ids)
         outs = [CompletionOutput(s.index, s.text, s.tokens[n_prompt:], list(s.logprobs),
                                  s.finish_reason, s.cum_logprob) for s in req.seqs]

@@ -90,7 +90,7 @@ class SearchRun:
         children = []
         for seq in self.pending:
             step_tokens = seq.tokens[seq.base:]
-            finished = seq.finish_reason == "eos"
+            finished = seq.ended_solution
             cid = tree.add_child(seq.parent_node, len(step_tokens), seq.cum_logprob, finished)
             children.append(cid)
             self.node_tokens[cid] = seq.tokens

@@ -1,0 +1,1 @@
+"""Test-time search: strategy specs, answer extraction, results."""
