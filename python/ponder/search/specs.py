@@ -69,3 +69,53 @@ class BestOfN(SearchSpec):
 
     def build(self):
         return _core.BestOfNStrategy(self.n, self.aggregation, self.select, **self._budget())
+
+
+@dataclass
+class ParticleFilter(SearchSpec):
+    """Particle filtering (its_hub): n particles extended a step at a time, weighted by the
+    logit of their aggregated score, softmax(/temperature), resampled every step."""
+
+    n: int = 16
+    resample_temperature: float = 1.0
+    aggregation: str = "last"
+
+    def __post_init__(self):
+        self._check_common()
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
+        if not self.resample_temperature > 0:
+            raise ValueError("resample_temperature must be > 0")
+
+    def build(self):
+        return _core.ParticleFilterStrategy(self.n, self.resample_temperature,
+                                            _seed64(self.seed), self.aggregation,
+                                            **self._budget())
+
+
+@dataclass
+class ParticleGibbs(SearchSpec):
+    """Particle Gibbs (its_hub): `iterations` rounds of particle filtering, each keeping
+    reference particles drawn from the previous round."""
+
+    n: int = 16
+    iterations: int = 4
+    resample_temperature: float = 1.0
+    aggregation: str = "last"
+    num_ref_particles: int = 1
+
+    def __post_init__(self):
+        self._check_common()
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
+        if not isinstance(self.iterations, int) or self.iterations < 1:
+            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
+
+    def build(self):
+        return _core.ParticleGibbsStrategy(self.n, self.iterations, self.resample_temperature,
+                                           _seed64(self.seed), self.aggregation,
+                                           self.num_ref_particles, **self._budget())
+
+
+def _seed64(seed: int | None) -> int:
+    return 0 if seed is None else seed % 2**64
