@@ -1,17 +1,8 @@
 #include "best_of_n.h"
 
-#include <algorithm>
-#include <map>
 #include <stdexcept>
 
 namespace ponder::core {
-
-Selection parse_selection(const std::string& name) {
-  if (name == "naive") return Selection::kNaive;
-  if (name == "weighted") return Selection::kWeighted;
-  if (name == "majority") return Selection::kMajority;
-  throw std::invalid_argument("select must be naive, weighted or majority, got '" + name + "'");
-}
 
 BestOfN::BestOfN(int32_t n, Aggregation aggregation, Selection select, SearchBudget budget)
     : Strategy(budget), n_(n), aggregation_(aggregation), select_(select) {
@@ -54,35 +45,7 @@ std::vector<int64_t> BestOfN::ranking() const {
   std::vector<int64_t> sols;
   for (int64_t id = 1; id < tree_.size(); ++id)
     if (tree_.node(id).finished) sols.push_back(id);
-  auto agg = [&](int64_t id) { return aggregate(tree_.node(id).path_scores, aggregation_); };
-  std::map<std::string, double> weight;
-  std::map<std::string, int64_t> count, first_seen;
-  for (size_t i = 0; i < sols.size(); ++i) {
-    const std::string& a = tree_.node(sols[i]).answer;
-    weight[a] += agg(sols[i]);
-    count[a] += 1;
-    first_seen.emplace(a, static_cast<int64_t>(i));
-  }
-  auto key = [&](int64_t id) {
-    const std::string& a = tree_.node(id).answer;
-    switch (select_) {
-      case Selection::kWeighted: return weight[a];
-      case Selection::kMajority: return static_cast<double>(count[a]);
-      case Selection::kNaive: break;
-    }
-    return agg(id);
-  };
-  std::stable_sort(sols.begin(), sols.end(), [&](int64_t x, int64_t y) {
-    const double kx = key(x), ky = key(y);
-    if (kx != ky) return kx > ky;
-    if (select_ != Selection::kNaive) {
-      const std::string &ax = tree_.node(x).answer, &ay = tree_.node(y).answer;
-      if (ax != ay) return first_seen.at(ax) < first_seen.at(ay);  // ties: first answer seen
-      return agg(x) > agg(y);
-    }
-    return false;
-  });
-  return sols;
+  return rank_solutions(tree_, sols, aggregation_, select_);
 }
 
 }  // namespace ponder::core

@@ -1,18 +1,13 @@
 // BestOfN (huggingface/search-and-learn `best_of_n`): n independent solutions from the
 // question, each generated to the end; every finished solution's steps are scored, the step
-// scores aggregated (last, min, prod or mean) and one answer selected:
-//   naive    - the solution with the highest aggregated score;
-//   weighted - the answer whose solutions' aggregated scores sum highest (weighted BoN);
-//   majority - the most frequent answer (ties: the answer seen first).
-// Solutions are compared by their extracted answers (SearchNode::answer, set by the engine).
+// scores aggregated (last, min, prod or mean) and one answer selected by naive, weighted or
+// majority rule (selection.h).
 #pragma once
 
+#include "selection.h"
 #include "strategy.h"
 
 namespace ponder::core {
-
-enum class Selection { kNaive, kWeighted, kMajority };
-Selection parse_selection(const std::string& name);
 
 class BestOfN : public Strategy {
  public:
