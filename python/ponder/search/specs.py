@@ -119,3 +119,58 @@ class ParticleGibbs(SearchSpec):
 
 def _seed64(seed: int | None) -> int:
     return 0 if seed is None else seed % 2**64
+
+
+@dataclass
+class BeamSearch(SearchSpec):
+    """Step-level beam search (search-and-learn): n active beams; each round keeps the top
+    n/width by score and expands each kept beam into width next steps; finished beams leave
+    the pool."""
+
+    n: int = 16
+    width: int = 4
+    lookahead: int = 0
+    filter_duplicates: bool = True
+    aggregation: str = "last"
+    select: str = "naive"
+
+    def __post_init__(self):
+        self._check_common()
+        for name in ("n", "width"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.n % self.width:
+            raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
+        if self.lookahead != 0:
+            raise ValueError("lookahead > 0 is not supported: search-and-learn never scores the "
+                             "lookahead text, and a step expansion cannot ask for greedy rollouts")
+
+    def build(self):
+        return _core.BeamSearchStrategy(self.n, self.width, self.lookahead,
+                                        self.filter_duplicates, self.aggregation, self.select,
+                                        **self._budget())
+
+
+@dataclass
+class DVTS(SearchSpec):
+    """Diverse verifier tree search (search-and-learn): n/width independent subtrees, each
+    greedy by score, expanding its best step into width children per round."""
+
+    n: int = 16
+    width: int = 4
+    aggregation: str = "last"
+    select: str = "naive"
+
+    def __post_init__(self):
+        self._check_common()
+        for name in ("n", "width"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if self.n % self.width:
+            raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
+
+    def build(self):
+        return _core.DVTSStrategy(self.n, self.width, self.aggregation, self.select,
+                                  **self._budget())
