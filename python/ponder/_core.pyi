@@ -201,3 +201,204 @@ def rotary(q: object | None, k: object | None, cos: object | None, sin: object |
 
 def silu_and_mul(gate_up: object | None, out: object | None) -> None:
     """out = silu(gate) * up for gate_up = [gate | up]."""
+
+class SearchNode:
+    """One step of a search (read-only view)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def parent(self) -> int: ...
+
+    @property
+    def children(self) -> list[int]: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    @property
+    def logprob_sum(self) -> float: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    @property
+    def scored(self) -> bool: ...
+
+    @property
+    def score(self) -> float: ...
+
+    @property
+    def path_scores(self) -> list[float]: ...
+
+    @property
+    def answer(self) -> str: ...
+
+    @property
+    def visits(self) -> int: ...
+
+    @property
+    def value_sum(self) -> float: ...
+
+    @property
+    def prior(self) -> float: ...
+
+    @property
+    def pruned(self) -> bool: ...
+
+class SearchTree:
+    def __len__(self) -> int: ...
+
+    def node(self, id: int) -> SearchNode: ...
+
+    def add_child(self, parent: int, num_tokens: int, logprob_sum: float, finished: bool) -> int: ...
+
+    def set_score(self, id: int, score: float) -> None:
+        """
+        The verifier's score of this node's step (appended to its path scores).
+        """
+
+    def set_path_scores(self, id: int, scores: Sequence[float]) -> None: ...
+
+    def set_answer(self, id: int, answer: str) -> None: ...
+
+    def set_prior(self, id: int, prior: float) -> None: ...
+
+    def path(self, id: int) -> list[int]: ...
+
+    @property
+    def total_tokens(self) -> int: ...
+
+class Strategy:
+    """A search algorithm as a state machine (see strategy.h)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def tree(self) -> SearchTree: ...
+
+    def plan(self) -> list[tuple[int, int]]:
+        """[(node, num_children)] to expand next; [] once done."""
+
+    def needs_score(self, id: int) -> bool: ...
+
+    def observe(self, children: Sequence[int]) -> None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def ranking(self) -> list[int]:
+        """Finished solutions, best first."""
+
+    def take_released(self) -> list[int]:
+        """Nodes that will not be expanded again since the last call."""
+
+    def count_score_calls(self, n: int) -> None: ...
+
+    @property
+    def score_calls(self) -> int: ...
+
+    @property
+    def over_budget(self) -> bool: ...
+
+    @property
+    def max_steps(self) -> int: ...
+
+class BestOfNStrategy(Strategy):
+    def __init__(self, n: int, aggregation: str = 'last', select: str = 'naive', max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None: ...
+
+class BeamSearchStrategy(Strategy):
+    """
+    Step-level beam search with a verifier (huggingface/search-and-learn semantics).
+    """
+
+    def __init__(self, n: int, width: int, lookahead: int = 0, filter_duplicates: bool = True, aggregation: str = 'last', select: str = 'naive', max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None: ...
+
+class DVTSStrategy(Strategy):
+    """Diverse verifier tree search (huggingface/search-and-learn semantics)."""
+
+    def __init__(self, n: int, width: int, aggregation: str = 'last', select: str = 'naive', max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None: ...
+
+class ParticleResampling:
+    """
+    One resampling of a particle population (round >= 1), or the draw of the reference particles at the end of an iteration (round 0).
+    """
+
+    @property
+    def iteration(self) -> int: ...
+
+    @property
+    def round(self) -> int: ...
+
+    @property
+    def nodes(self) -> list[int]: ...
+
+    @property
+    def log_weights(self) -> list[float]: ...
+
+    @property
+    def weights(self) -> list[float]: ...
+
+    @property
+    def indices(self) -> list[int]: ...
+
+class ParticleGibbsStrategy(Strategy):
+    def __init__(self, n: int, iterations: int, temperature: float = 1.0, seed: int = 0, aggregation: str = 'last', num_ref_particles: int = 1, max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None:
+        """
+        its_hub's ParticleGibbs: `iterations` rounds of particle filtering with n particles each, num_ref_particles of which are references kept from the last.
+        """
+
+    @property
+    def particles(self) -> list[int]:
+        """The population's last nodes, in particle order."""
+
+    @property
+    def history(self) -> list[ParticleResampling]:
+        """Every resampling so far, in order."""
+
+    def log_weight(self, node: int) -> float:
+        """logit of the node's clipped aggregated score."""
+
+class ParticleFilterStrategy(ParticleGibbsStrategy):
+    def __init__(self, n: int, temperature: float = 1.0, seed: int = 0, aggregation: str = 'last', max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None:
+        """its_hub's ParticleFiltering: n particles, resampled after every step."""
+
+class AStarStrategy(Strategy):
+    """
+    A*-decoding: pop the open node with the lowest f = depth_cost * depth + (1 - score), expand it with k children, stop at the first terminal node popped or after `budget` expansions.
+    """
+
+    def __init__(self, k: int, budget: int, depth_cost: float = 0.0, max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None: ...
+
+    def f(self, id: int) -> float:
+        """The node's priority g + h (lower pops first)."""
+
+    @property
+    def expansions(self) -> int: ...
+
+    @property
+    def solution(self) -> int:
+        """The terminal node popped (the answer), -1 if the budget ran out first."""
+
+class MCTSStrategy(Strategy):
+    """
+    MCTS with openr's semantics: PUCT selection, priors from the steps' mean token log-probabilities, optional root Dirichlet noise, k children per expansion, verifier scores as values, mean backup; the answer follows the most visited path.
+    """
+
+    def __init__(self, simulations: int, k: int, c_puct: float = 1.25, dirichlet: float = 0.0, seed: int = 0, max_tokens: int = 0, max_score_calls: int = 0, max_steps: int = 40) -> None: ...
+
+    @property
+    def simulations_done(self) -> int: ...
+
+    def q(self, id: int) -> float:
+        """Mean backed-up value (the score if unvisited)."""
+
+def philox_gamma(alpha: float, seed: int, seq_id: int) -> float:
+    """
+    One Gamma(alpha, 1) draw (Marsaglia-Tsang from Philox uniforms; see mcts.h).
+    """

@@ -86,6 +86,10 @@ def _search(args: argparse.Namespace) -> int:
         kwargs["n"] = args.n
     if args.strategy in ("beam", "dvts"):
         kwargs["width"] = args.width
+    if args.strategy in ("astar", "mcts"):
+        kwargs["k"] = args.width
+    if args.strategy == "mcts":
+        kwargs["simulations"] = args.n
     spec = cls(**kwargs)
     eng = ponder.Engine(args.model, dtype=args.dtype, device=args.device)
     res = eng.search(args.question, spec)
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p_s.add_argument("--strategy", default="bon",
                      choices=["bon", "beam", "dvts", "pf", "pg", "astar", "mcts"])
     p_s.add_argument("--n", type=int, default=8)
-    p_s.add_argument("--width", type=int, default=2)
+    p_s.add_argument("--width", type=int, default=2, help="beam width, or k for astar/mcts")
     p_s.add_argument("--max-steps", type=int, default=8)
     p_s.add_argument("--max-step-tokens", type=int, default=128)
     p_s.add_argument("--budget-tokens", type=int, default=0)

@@ -112,3 +112,19 @@ def test_invalid_strategy_parameters(eng):
         eng.search(Q1, ponder.BestOfN(n=2), prm="not callable")
     with pytest.raises(TypeError, match="strategy"):
         eng.search(Q1, ponder.Sampling())
+
+
+@pytest.mark.parametrize("spec", [ponder.AStar(k=2, budget=4, max_steps=3, max_step_tokens=12,
+                                               seed=7),
+                                  ponder.MCTS(simulations=4, k=2, max_steps=3, max_step_tokens=12,
+                                              seed=7, dirichlet=0.3),
+                                  ponder.ParticleGibbs(n=3, iterations=2, max_steps=3,
+                                                       max_step_tokens=12, seed=7)],
+                         ids=["astar", "mcts", "pgibbs"])
+def test_tree_searches_run_and_free_everything(eng, spec):
+    verifier, _ = calls_verifier()
+    res = eng.search(Q1, spec, prm=verifier)
+    assert res.stats["tokens_generated"] > 0 and len(json.loads(res.tree.to_json())["nodes"]) > 1
+    again = eng.search(Q1, spec, prm=verifier)
+    assert _shape(again) == _shape(res)
+    assert eng.kv.stats()["used"] == 0

@@ -174,3 +174,50 @@ class DVTS(SearchSpec):
     def build(self):
         return _core.DVTSStrategy(self.n, self.width, self.aggregation, self.select,
                                   **self._budget())
+
+
+@dataclass
+class AStar(SearchSpec):
+    """A*-style best-first search: pop the open node with the lowest f = g + h, h = 1 - score
+    of its latest step, g = depth_cost * depth (0: greedy best-first on the verifier; see
+    csrc/core/search/astar.h for why), expand it with k sampled steps; stop at the first
+    finished solution popped or after `budget` expansions."""
+
+    k: int = 4
+    budget: int = 32
+    depth_cost: float = 0.0
+
+    def __post_init__(self):
+        self._check_common()
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        if not isinstance(self.budget, int) or self.budget < 1:
+            raise ValueError(f"budget must be an int >= 1, got {self.budget!r}")
+
+    def build(self):
+        return _core.AStarStrategy(self.k, self.budget, self.depth_cost, **self._budget())
+
+
+@dataclass
+class MCTS(SearchSpec):
+    """Monte Carlo tree search (openr): PUCT selection with priors from the children's mean
+    token log-probabilities, Dirichlet noise at the root, k-way expansion, the new node's
+    verifier score as its value, mean backup; the answer follows the most visited path."""
+
+    simulations: int = 16
+    k: int = 4
+    c_puct: float = 1.25
+    dirichlet: float = 0.0
+
+    def __post_init__(self):
+        self._check_common()
+        if not isinstance(self.simulations, int) or self.simulations < 1:
+            raise ValueError(f"simulations must be an int >= 1, got {self.simulations!r}")
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        if self.c_puct < 0 or self.dirichlet < 0:
+            raise ValueError("c_puct and dirichlet must be >= 0")
+
+    def build(self):
+        return _core.MCTSStrategy(self.simulations, self.k, self.c_puct, self.dirichlet,
+                                  _seed64(self.seed), **self._budget())
