@@ -204,7 +204,7 @@ class Engine:
             raise ValueError(f"question has {len(ids)} tokens; the context holds {max_len}")
         rid = next(self._ids)
         seed = spec.seed if spec.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
-        sampling = Sampling(max_tokens=spec.max_step_tokens, temperature=spec.temperature,
+        sampling = Sampling(max_tokens=spec.max_step_tokens, temperature=spec.policy_temperature,
                             top_p=spec.top_p, stop=list(spec.step_stop), seed=seed)
         req = _Request(rid, question, ids, sampling, seed)
         root = _Seq(req, 0, list(ids), prefill_only=True)

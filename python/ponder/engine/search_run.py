@@ -37,7 +37,7 @@ class SearchRun:
         self.t0 = time.perf_counter()
         self.stats = {"tokens_generated": 0, "tokens_prefilled": 0, "prefix_hit_tokens": 0,
                       "forward_passes": 0, "score_calls": 0, "score_steps": 0,
-                      "peak_kv_blocks": 0, "rounds": 0}
+                      "peak_kv_blocks": 0, "peak_kv_blocks_unshared": 0, "rounds": 0}
 
     # --- called by the engine -----------------------------------------------------------
     def root_ready(self, root_seq) -> None:
@@ -51,11 +51,16 @@ class SearchRun:
 
     def note_forward(self) -> None:
         self.stats["forward_passes"] += 1
-        blocks = set()
+        blocks, unshared = set(), 0
         for kv_id in list(self.node_kv.values()) + [s.kv_id for s in self.pending
                                                     if s.kv_id is not None]:
-            blocks.update(self.engine.kv.block_table(kv_id))
+            table = self.engine.kv.block_table(kv_id)
+            blocks.update(table)
+            unshared += len(table)
         self.stats["peak_kv_blocks"] = max(self.stats["peak_kv_blocks"], len(blocks))
+        # What the same sequences would hold if every one had its own copy of its prefix.
+        self.stats["peak_kv_blocks_unshared"] = max(self.stats["peak_kv_blocks_unshared"],
+                                                    unshared)
 
     def release_all(self) -> None:
         for kv_id in self.node_kv.values():

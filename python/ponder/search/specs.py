@@ -3,8 +3,8 @@ engine drives it. Fields shared by all strategies:
 
 max_steps: steps in a solution; max_tokens: generated-token budget of the whole search
 (0: none); max_score_calls: verifier/PRM calls (0: none); step_stop: strings that end a step
-(found across token boundaries); max_step_tokens: tokens in one step; temperature, top_p:
-the policy's sampling; seed: the search's random stream.
+(found across token boundaries); max_step_tokens: tokens in one step; policy_temperature,
+top_p: the policy's sampling; seed: the search's random stream.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class SearchSpec:
     max_score_calls: int = 0
     step_stop: list[str] = field(default_factory=lambda: ["\n\n"])
     max_step_tokens: int = 256
-    temperature: float = 0.8
+    policy_temperature: float = 0.8
     top_p: float = 1.0
     seed: int | None = None
 
@@ -36,8 +36,9 @@ class SearchSpec:
             self.step_stop = [self.step_stop]
         if not self.step_stop or any(not isinstance(s, str) or not s for s in self.step_stop):
             raise ValueError("step_stop must hold non-empty strings")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 for search, got {self.temperature!r}")
+        if not self.policy_temperature > 0:
+            raise ValueError(f"policy_temperature must be > 0 for search, got "
+                             f"{self.policy_temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
@@ -77,18 +78,18 @@ class ParticleFilter(SearchSpec):
     logit of their aggregated score, softmax(/temperature), resampled every step."""
 
     n: int = 16
-    resample_temperature: float = 1.0
+    temperature: float = 1.0  # of the resampling softmax (the policy's: policy_temperature)
     aggregation: str = "last"
 
     def __post_init__(self):
         self._check_common()
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        if not self.resample_temperature > 0:
-            raise ValueError("resample_temperature must be > 0")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
     def build(self):
-        return _core.ParticleFilterStrategy(self.n, self.resample_temperature,
+        return _core.ParticleFilterStrategy(self.n, self.temperature,
                                             _seed64(self.seed), self.aggregation,
                                             **self._budget())
 
@@ -100,7 +101,7 @@ class ParticleGibbs(SearchSpec):
 
     n: int = 16
     iterations: int = 4
-    resample_temperature: float = 1.0
+    temperature: float = 1.0  # of the resampling softmax
     aggregation: str = "last"
     num_ref_particles: int = 1
 
@@ -110,9 +111,11 @@ class ParticleGibbs(SearchSpec):
             raise ValueError(f"n must be an int >= 1, got {self.n!r}")
         if not isinstance(self.iterations, int) or self.iterations < 1:
             raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
     def build(self):
-        return _core.ParticleGibbsStrategy(self.n, self.iterations, self.resample_temperature,
+        return _core.ParticleGibbsStrategy(self.n, self.iterations, self.temperature,
                                            _seed64(self.seed), self.aggregation,
                                            self.num_ref_particles, **self._budget())
 
