@@ -42,6 +42,12 @@ class SearchSpec:
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
 
+    def _positive_ints(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
     def _budget(self) -> dict:
         return dict(max_tokens=self.max_tokens, max_score_calls=self.max_score_calls,
                     max_steps=self.max_steps)
@@ -60,8 +66,7 @@ class BestOfN(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
+        self._positive_ints("n")
         if self.aggregation not in ("last", "min", "prod", "mean"):
             raise ValueError(f"aggregation must be last, min, prod or mean, got "
                              f"{self.aggregation!r}")
@@ -83,8 +88,7 @@ class ParticleFilter(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
+        self._positive_ints("n")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
@@ -107,10 +111,7 @@ class ParticleGibbs(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
+        self._positive_ints("n", "iterations")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
@@ -139,10 +140,7 @@ class BeamSearch(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        for name in ("n", "width"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self._positive_ints("n", "width")
         if self.n % self.width:
             raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
         if self.lookahead != 0:
@@ -167,10 +165,7 @@ class DVTS(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        for name in ("n", "width"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self._positive_ints("n", "width")
         if self.n % self.width:
             raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
 
@@ -192,10 +187,7 @@ class AStar(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
-        if not isinstance(self.budget, int) or self.budget < 1:
-            raise ValueError(f"budget must be an int >= 1, got {self.budget!r}")
+        self._positive_ints("k", "budget")
 
     def build(self):
         return _core.AStarStrategy(self.k, self.budget, self.depth_cost, **self._budget())
@@ -214,10 +206,7 @@ class MCTS(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        if not isinstance(self.simulations, int) or self.simulations < 1:
-            raise ValueError(f"simulations must be an int >= 1, got {self.simulations!r}")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        self._positive_ints("simulations", "k")
         if self.c_puct < 0 or self.dirichlet < 0:
             raise ValueError("c_puct and dirichlet must be >= 0")
 
