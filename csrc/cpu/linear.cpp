@@ -82,7 +82,8 @@ struct Bf16Dot {  // bf16 pairs straight into vdpbf16ps
 
 // Lane j of the result is the sum of the lanes of a[j], j < 4: three hadds instead of four
 // full horizontal reductions.
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m128 reduce4(__m512 a0, __m512 a1,
+                                                                            __m512 a2, __m512 a3) {
   // By value: taking the accumulators' address would keep them in memory through the k loop.
   const __m512 a[4] = {a0, a1, a2, a3};
   __m256 h[4];
@@ -105,15 +106,20 @@ __attribute__((target(PONDER_AVX512_BF16), always_inline)) inline void tile(
   for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 4
     for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
-  // Each weight vector feeds kRows products, each x vector kCols. Whole chunks load unmasked;
-  // the tail's mask zeroes the loads past k. (A macro, not a lambda: a lambda would not inherit
-  // the target, and passing acc by reference would keep it in memory.)
+  // Each weight vector feeds kRows products, each x vector kCols. The next tile's weights are
+  // prefetched: four rows read side by side defeat the hardware stream prefetcher at k = 576.
+  // Whole chunks load unmasked; the tail's mask zeroes the loads past k. (A macro, not a
+  // lambda: a lambda would not inherit the target, and passing acc by reference would keep it
+  // in memory.)
   using Mask = typename Dot::Mask;
 #define PONDER_TILE_STEP(mask)                                                  \
   {                                                                             \
     decltype(Dot::load_w(w, mask)) wv[kCols];                                   \
-    _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) wv[c] =             \
-        Dot::load_w(w + c * k + i, mask);                                       \
+    _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) {                   \
+      wv[c] = Dot::load_w(w + c * k + i, mask);                                 \
+      _mm_prefetch(reinterpret_cast<const char*>(w + (kCols + c) * k + i),      \
+                   _MM_HINT_T0);                                                \
+    }                                                                           \
     _Pragma("GCC unroll 4") for (int r = 0; r < kRows; ++r) {                   \
       const auto xv = Dot::load_x(x + r * k + i, mask);                         \
       _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) acc[r][c] =       \
@@ -207,7 +213,9 @@ void run(const LinearParams& p, bool use_bf16_dot) {
       static const bool dot = has_avx512_bf16();
       if (dot) {
         const bf16* xs = static_cast<const bf16*>(p.x);
-        for_each_task(p, [&](int64_t n0, int64_t n1) { block_avx512<Bf16Dot, bf16>(p, xs, n0, n1); });
+        for_each_task(p, [&](int64_t n0, int64_t n1) {
+          block_avx512<Bf16Dot, bf16>(p, xs, n0, n1);
+        });
         return;
       }
     }
