@@ -10,7 +10,8 @@
 namespace ponder::bindings {
 namespace {
 
-void linear(nb::handle x_obj, nb::handle weight_obj, nb::handle bias_obj, nb::handle out_obj) {
+void linear(nb::handle x_obj, nb::handle weight_obj, nb::handle bias_obj, nb::handle out_obj,
+            bool bf16_dot) {
   const Array x = import_tensor(x_obj, "x");
   const Array weight = import_tensor(weight_obj, "weight");
   const std::optional<Array> bias = import_optional_tensor(bias_obj, "bias");
@@ -43,16 +44,18 @@ void linear(nb::handle x_obj, nb::handle weight_obj, nb::handle bias_obj, nb::ha
                  dtype};
   if (m == 0 || n == 0) return;
   nb::gil_scoped_release release;
-  check_status(cpu::linear(p), "linear");
+  check_status(cpu::linear(p, bf16_dot), "linear");
 }
 
 }  // namespace
 
 void bind_linear(nb::module_& m) {
   m.attr("LINEAR_MAX_ROWS") = cpu::kLinearMaxRows;
+  m.attr("LINEAR_HAS_BF16_DOT") = cpu::linear_has_bf16_dot();
   m.def("linear", &linear, tensor_arg("x"), tensor_arg("weight"), tensor_arg("bias"),
-        tensor_arg("out"),
-        "out = x @ weight.T + bias for at most 16 rows of x (CPU).");
+        tensor_arg("out"), nb::arg("bf16_dot") = true,
+        "out = x @ weight.T + bias for at most 16 rows of x (CPU). bf16_dot: bf16 through "
+        "avx512_bf16 dot products where available (else widened to fp32).");
 }
 
 }  // namespace ponder::bindings

@@ -1,6 +1,12 @@
 // CPU linear for decode-sized inputs (m <= 16 rows): every weight row is streamed from memory
-// once and multiplied against all rows of x while it is in registers. Threads split the
-// output features, so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
+// once and multiplied against all rows of x while it is in cache. Threads split the output
+// features, so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
+//
+// At m = 1 the kernel is memory-bound; at m = 8..16 it is bound by FMAs and their operand
+// loads. A tile of 4 weight rows x 4 rows of x keeps 16 accumulators, so each chunk costs
+// 8 loads for 16 FMAs (one load per FMA when blocking x rows only). With avx512_bf16, bf16
+// weights and x feed _mm512_dpbf16_ps directly: 32 products per instruction, exact in fp32,
+// summed in a different order than torch's (within the bf16 output's rounding).
 #include "ponder/linear.h"
 
 #include <immintrin.h>
@@ -12,72 +18,156 @@
 namespace ponder::cpu {
 namespace {
 
-constexpr int64_t kRowsPerTask = 16;                  // output features per scheduling unit
-constexpr int64_t kParallelMinBytes = 128 * 1024;      // weight bytes below which one thread runs
+constexpr int64_t kRowsPerTask = 16;              // output features per scheduling unit
+constexpr int64_t kParallelMinBytes = 128 * 1024;  // weight bytes below which one thread runs
+constexpr int kTileN = 4;                          // weight rows per tile
+constexpr int kTileM = 4;                          // rows of x per tile
 
 #define PONDER_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512"
+#define PONDER_AVX512_BF16 PONDER_AVX512 ",avx512bf16"
 
+// Multiply-accumulate policies: Step elements of k per instruction; x is in XT.
+// Masked loads (zeros past k) cover a k that is not a multiple of Step.
 template <typename T>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16(const T* src);
+struct FmaDot {  // x widened to fp32, weights widened as loaded
+  using XT = float;
+  static constexpr int kStep = 16;
+  using Mask = __mmask16;
+  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 load_w(const T* s,
+                                                                              Mask mask);
+  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 load_x(const float* s,
+                                                                              Mask mask) {
+    return _mm512_maskz_loadu_ps(mask, s);
+  }
+  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 dot(__m512 acc, __m512 w,
+                                                                           __m512 x) {
+    return _mm512_fmadd_ps(w, x, acc);
+  }
+};
 template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<float>(const float* s) {
-  return _mm512_loadu_ps(s);
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<float>::load_w(
+    const float* s, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, s);
 }
 template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<bf16>(const bf16* s) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s));
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<bf16>::load_w(
+    const bf16* s, __mmask16 mask) {
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, s);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 load16<_Float16>(
-    const _Float16* s) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<_Float16>::load_w(
+    const _Float16* s, __mmask16 mask) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s));
 }
 
-// Up to 4 rows of x against weight rows [n0, n1); x is fp32, k a multiple of 16.
-template <typename T, int kRows>
-__attribute__((target(PONDER_AVX512))) void rows_avx512(const LinearParams& p, const float* xs,
-                                                        int64_t m0, int64_t n0, int64_t n1) {
-  const T* w = static_cast<const T*>(p.weight);
-  const T* bias = static_cast<const T*>(p.bias);
-  T* out = static_cast<T*>(p.out);
+struct Bf16Dot {  // bf16 pairs straight into vdpbf16ps
+  using XT = bf16;
+  static constexpr int kStep = 32;
+  using Mask = __mmask32;
+  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512i load_w(const bf16* s,
+                                                                                    Mask mask) {
+    return _mm512_maskz_loadu_epi16(mask, s);
+  }
+  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512i load_x(const bf16* s,
+                                                                                    Mask mask) {
+    return _mm512_maskz_loadu_epi16(mask, s);
+  }
+  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512 dot(__m512 acc,
+                                                                                __m512i w,
+                                                                                __m512i x) {
+    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(x));
+  }
+};
+
+// Lane j of the result is the sum of the lanes of a[j], j < 4: three hadds instead of four
+// full horizontal reductions.
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m128 reduce4(__m512 a0, __m512 a1,
+                                                                            __m512 a2, __m512 a3) {
+  // By value: taking the accumulators' address would keep them in memory through the k loop.
+  const __m512 a[4] = {a0, a1, a2, a3};
+  __m256 h[4];
+  for (int j = 0; j < 4; ++j)
+    h[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]), _mm512_extractf32x8_ps(a[j], 1));
+  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+}
+
+// out[m0 + r, n0 + c] for r < kRows, c < kCols; x rows at xs (stride k).
+template <typename Dot, typename T, int kRows, int kCols>
+__attribute__((target(PONDER_AVX512_BF16), always_inline)) inline void tile(
+    const LinearParams& p, const typename Dot::XT* xs, int64_t m0, int64_t n0) {
+  constexpr int kStep = Dot::kStep;
   const int64_t k = p.k;
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* wr = w + n * k;
-    __m512 acc[kRows][2];
-    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {  // two independent chains hide the FMA latency
-      const __m512 w0 = load16(wr + i), w1 = load16(wr + i + 16);
-      for (int r = 0; r < kRows; ++r) {
-        const float* xr = xs + (m0 + r) * k + i;
-        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), acc[r][1]);
-      }
+  const T* w = static_cast<const T*>(p.weight) + n0 * k;
+  const typename Dot::XT* x = xs + m0 * k;
+  __m512 acc[kRows][kCols];
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int c = 0; c < kCols; ++c) acc[r][c] = _mm512_setzero_ps();
+  // Each weight vector feeds kRows products, each x vector kCols. The next tile's weights are
+  // prefetched: four rows read side by side defeat the hardware stream prefetcher at k = 576.
+  // Whole chunks load unmasked; the tail's mask zeroes the loads past k. (A macro, not a
+  // lambda: a lambda would not inherit the target, and passing acc by reference would keep it
+  // in memory.)
+  using Mask = typename Dot::Mask;
+#define PONDER_TILE_STEP(mask)                                                  \
+  {                                                                             \
+    decltype(Dot::load_w(w, mask)) wv[kCols];                                   \
+    _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) {                   \
+      wv[c] = Dot::load_w(w + c * k + i, mask);                                 \
+      _mm_prefetch(reinterpret_cast<const char*>(w + (kCols + c) * k + i),      \
+                   _MM_HINT_T0);                                                \
+    }                                                                           \
+    _Pragma("GCC unroll 4") for (int r = 0; r < kRows; ++r) {                   \
+      const auto xv = Dot::load_x(x + r * k + i, mask);                         \
+      _Pragma("GCC unroll 4") for (int c = 0; c < kCols; ++c) acc[r][c] =       \
+          Dot::dot(acc[r][c], wv[c], xv);                                       \
+    }                                                                           \
+  }
+  int64_t i = 0;
+  for (; i + kStep <= k; i += kStep) PONDER_TILE_STEP(static_cast<Mask>(-1))
+  if (i < k) PONDER_TILE_STEP(static_cast<Mask>((uint64_t{1} << (k - i)) - 1))
+#undef PONDER_TILE_STEP
+  const T* bias = static_cast<const T*>(p.bias);
+  T* out = static_cast<T*>(p.out) + m0 * p.n + n0;
+#pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {
+    float sums[kCols];
+    if constexpr (kCols == 4) {
+      _mm_storeu_ps(sums, reduce4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+    } else {
+      for (int c = 0; c < kCols; ++c) sums[c] = _mm512_reduce_add_ps(acc[r][c]);
     }
-    for (; i < k; i += 16) {
-      const __m512 w0 = load16(wr + i);
-      for (int r = 0; r < kRows; ++r)
-        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs + (m0 + r) * k + i), acc[r][0]);
-    }
-    const float b = bias != nullptr ? to_f32(bias[n]) : 0.0f;
-    for (int r = 0; r < kRows; ++r)
-      out[(m0 + r) * p.n + n] =
-          from_f32<T>(_mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + b);
+    for (int c = 0; c < kCols; ++c)
+      out[r * p.n + c] = from_f32<T>(sums[c] + (bias != nullptr ? to_f32(bias[n0 + c]) : 0.0f));
   }
 }
 
-template <typename T>
-__attribute__((target(PONDER_AVX512))) void block_avx512(const LinearParams& p, const float* xs,
-                                                         int64_t n0, int64_t n1) {
+template <typename Dot, typename T, int kCols>
+__attribute__((target(PONDER_AVX512_BF16))) void tile_rows(const LinearParams& p,
+                                                           const typename Dot::XT* xs,
+                                                           int64_t n0) {
   int64_t m0 = 0;
-  for (; m0 + 4 <= p.m; m0 += 4) rows_avx512<T, 4>(p, xs, m0, n0, n1);
+  for (; m0 + kTileM <= p.m; m0 += kTileM) tile<Dot, T, kTileM, kCols>(p, xs, m0, n0);
   switch (p.m - m0) {
-    case 3: rows_avx512<T, 3>(p, xs, m0, n0, n1); break;
-    case 2: rows_avx512<T, 2>(p, xs, m0, n0, n1); break;
-    case 1: rows_avx512<T, 1>(p, xs, m0, n0, n1); break;
+    case 3: tile<Dot, T, 3, kCols>(p, xs, m0, n0); break;
+    case 2: tile<Dot, T, 2, kCols>(p, xs, m0, n0); break;
+    case 1: tile<Dot, T, 1, kCols>(p, xs, m0, n0); break;
     default: break;
   }
+}
+
+// Weight rows [n0, n1): a tile's 4 weight rows stay in L1 while every row block of x passes.
+template <typename Dot, typename T>
+void block_avx512(const LinearParams& p, const typename Dot::XT* xs, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  // Below kTileM rows the kernel is memory-bound, and one weight row at a time (a single
+  // sequential stream) measured faster than four rows side by side.
+  if (p.m >= kTileM)
+    for (; n + kTileN <= n1; n += kTileN) tile_rows<Dot, T, kTileN>(p, xs, n);
+  for (; n < n1; ++n) tile_rows<Dot, T, 1>(p, xs, n);
 }
 
 // Portable fallback: plain loops the compiler vectorizes.
@@ -104,36 +194,56 @@ bool has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
+bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+
+template <typename Body>
+void for_each_task(const LinearParams& p, Body body) {
+  const int64_t num_tasks = (p.n + kRowsPerTask - 1) / kRowsPerTask;
+  const bool parallel = p.n * p.k * dtype_size(p.dtype) > kParallelMinBytes;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t t = 0; t < num_tasks; ++t)
+    body(t * kRowsPerTask, std::min(p.n, (t + 1) * kRowsPerTask));
+}
+
 template <typename T>
-void run(const LinearParams& p) {
+void run(const LinearParams& p, bool use_bf16_dot) {
   static const bool avx512 = has_avx512();
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (use_bf16_dot) {
+      static const bool dot = has_avx512_bf16();
+      if (dot) {
+        const bf16* xs = static_cast<const bf16*>(p.x);
+        for_each_task(p, [&](int64_t n0, int64_t n1) {
+          block_avx512<Bf16Dot, bf16>(p, xs, n0, n1);
+        });
+        return;
+      }
+    }
+  }
   // x widened to fp32 once; every thread reads it (it is at most 16 rows).
   thread_local std::vector<float> x32;
   if (static_cast<int64_t>(x32.size()) < p.m * p.k) x32.resize(p.m * p.k);
   const T* x = static_cast<const T*>(p.x);
   for (int64_t i = 0; i < p.m * p.k; ++i) x32[i] = to_f32(x[i]);
   const float* xs = x32.data();
-  const bool wide = avx512 && p.k % 16 == 0;
-  const int64_t num_tasks = (p.n + kRowsPerTask - 1) / kRowsPerTask;
-  const bool parallel = p.n * p.k * static_cast<int64_t>(sizeof(T)) > kParallelMinBytes;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t t = 0; t < num_tasks; ++t) {
-    const int64_t n0 = t * kRowsPerTask, n1 = std::min(p.n, n0 + kRowsPerTask);
-    if (wide)
-      block_avx512<T>(p, xs, n0, n1);
+  for_each_task(p, [&](int64_t n0, int64_t n1) {
+    if (avx512)
+      block_avx512<FmaDot<T>, T>(p, xs, n0, n1);
     else
       block_generic<T>(p, xs, n0, n1);
-  }
+  });
 }
 
 }  // namespace
 
-Status linear(const LinearParams& p) {
+bool linear_has_bf16_dot() { return has_avx512_bf16(); }
+
+Status linear(const LinearParams& p, bool use_bf16_dot) {
   if (p.m > kLinearMaxRows) return Status::error("linear: at most 16 rows of x");
   switch (p.dtype) {
-    case DType::kFloat32: run<float>(p); break;
-    case DType::kBFloat16: run<bf16>(p); break;
-    case DType::kFloat16: run<_Float16>(p); break;
+    case DType::kFloat32: run<float>(p, use_bf16_dot); break;
+    case DType::kBFloat16: run<bf16>(p, use_bf16_dot); break;
+    case DType::kFloat16: run<_Float16>(p, use_bf16_dot); break;
   }
   return Status::success();
 }

@@ -7,17 +7,27 @@ TOL = {torch.float32: dict(atol=1e-4, rtol=1e-5), torch.bfloat16: dict(atol=0.1,
        torch.float16: dict(atol=2e-2, rtol=2e-3)}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("m", [1, 3, 4, 7, 16])
-@pytest.mark.parametrize("k,n", [(576, 960), (64, 5), (40, 33), (1536, 576)])
+# Paths: fp32 FMA on widened inputs for every dtype; bf16 also through avx512_bf16 dot products.
+PATHS = [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True),
+         (torch.float16, False)]
+
+
+# n and k that are not multiples of the 4-row tile or the 16/32-element vector exercise the
+# tails (masked loads, single weight rows); m covers every row-block remainder.
+@pytest.mark.parametrize("dtype,bf16_dot", PATHS)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 13, 16])
+@pytest.mark.parametrize("k,n", [(576, 960), (64, 5), (40, 33), (1536, 576), (7, 3),
+                                 (48, 18)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_matches_torch(dtype, m, k, n, bias):
+def test_matches_torch(dtype, bf16_dot, m, k, n, bias):
+    if bf16_dot and not _core.LINEAR_HAS_BF16_DOT:
+        pytest.skip("CPU lacks avx512_bf16")
     g = torch.Generator().manual_seed(m * 1000 + k + n)
     x = torch.randn(m, k, generator=g).to(dtype)
     w = (torch.randn(n, k, generator=g) / k ** 0.5).to(dtype)
     b = torch.randn(n, generator=g).to(dtype) if bias else None
     out = torch.empty(m, n, dtype=dtype)
-    _core.linear(x, w, b, out)
+    _core.linear(x, w, b, out, bf16_dot=bf16_dot)
     ref = torch.nn.functional.linear(x.float(), w.float(), None if b is None else b.float())
     torch.testing.assert_close(out.float(), ref, **TOL[dtype])
 

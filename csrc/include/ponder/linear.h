@@ -17,7 +17,11 @@ struct LinearParams {
 namespace cpu {
 // Rows of x at most this many: beyond it a blocked GEMM (torch's) reuses weights better.
 constexpr int64_t kLinearMaxRows = 16;
-Status linear(const LinearParams& params);
+// use_bf16_dot: bf16 inputs go through avx512_bf16's dot product where the CPU has it (false:
+// widen to fp32 and FMA, the only path before; tests compare the two).
+Status linear(const LinearParams& params, bool use_bf16_dot = true);
+// Whether this CPU runs the avx512_bf16 dot-product path.
+bool linear_has_bf16_dot();
 }
 
 }  // namespace ponder
