@@ -10,6 +10,7 @@ namespace nb = nanobind;
 namespace ponder::bindings {
 void bind_kernels(nb::module_& m);
 void bind_core(nb::module_& m);
+void bind_stop(nb::module_& m);
 void bind_sampler(nb::module_& m);
 void bind_search(nb::module_& m);
 void bind_linear(nb::module_& m);
@@ -40,6 +41,7 @@ NB_MODULE(_core, m) {
         nb::arg("num_tokens"), nb::arg("num_heads"), nb::arg("head_dim"), nb::arg("num_splits"));
   ponder::bindings::bind_kernels(m);
   ponder::bindings::bind_core(m);
+  ponder::bindings::bind_stop(m);
   ponder::bindings::bind_sampler(m);
   ponder::bindings::bind_search(m);
   ponder::bindings::bind_linear(m);

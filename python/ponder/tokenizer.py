@@ -38,6 +38,44 @@ def _compile_template(source: str):
     return env.from_string(source)
 
 
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte alphabet: byte -> the printable character byte-level BPE spells it with."""
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _components(node: dict | None) -> list[dict]:
+    """A decoder or pre-tokenizer config and, for a Sequence, its parts."""
+    if not node:
+        return []
+    parts = node.get("decoders") or node.get("pretokenizers")
+    return [node] + [c for p in (parts or []) for c in _components(p)]
+
+
+def _vocab_kind(config: dict) -> str:
+    """Which spelling the vocabulary uses ("byte_level" or "sentencepiece"), from the decoder
+    and pre-tokenizer configuration."""
+    parts = _components(config.get("decoder")) + _components(config.get("pre_tokenizer"))
+    types = {c.get("type") for c in parts}
+    if "ByteLevel" in types:
+        return "byte_level"
+    metaspace_replace = any(c.get("type") == "Replace" and
+                            (c.get("pattern") or {}).get("String") == "\u2581" for c in parts)
+    if "Metaspace" in types or "ByteFallback" in types or metaspace_replace:
+        return "sentencepiece"
+    raise NotImplementedError(
+        "token_bytes() supports byte-level BPE and SentencePiece-style vocabularies; this "
+        f"tokenizer's decoder and pre-tokenizer are {sorted(t for t in types if t)}")
+
+
 class Tokenizer:
     """Wraps a `tokenizers.Tokenizer` built from ``tokenizer.json`` plus the checkpoint's
     tokenizer and generation configs."""
@@ -79,6 +117,52 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
+
+    def token_bytes(self) -> list[bytes]:
+        """The exact bytes each token id adds to the decoded text, indexed by id.
+
+        Byte-level BPE tokens are mapped back through GPT-2's byte alphabet; SentencePiece
+        tokens turn ``▁`` into a space and ``<0xAB>`` byte-fallback tokens into that byte.
+        Special tokens give ``b""``, as the engine decodes with ``skip_special_tokens=True``;
+        other added tokens give their content as UTF-8. Joining the bytes of ``ids`` gives
+        ``decode(ids).encode()`` except that SentencePiece decoders drop one leading space of
+        the whole text (the ``▁`` the pre-tokenizer put first), which a mid-text token keeps.
+        Ids the vocabulary skips (holes) give ``b""``. Used to hand the vocabulary to the
+        core's ``StopMatcher`` once.
+        """
+        config = json.loads(self._tok.to_str())
+        kind = _vocab_kind(config)
+        out = [b""] * self.vocab_size
+        if kind == "byte_level":
+            unbyte = {c: b for b, c in _bytes_to_unicode().items()}
+
+            def spell(tok: str) -> bytes:
+                # tokenizers decodes a token with a character outside the alphabet as its UTF-8.
+                try:
+                    return bytes(unbyte[c] for c in tok)
+                except KeyError:
+                    return tok.encode()
+        else:
+            # <0xAB> pieces become bytes only through the ByteFallback decoder; without it
+            # they decode as their spelling.
+            byte_fallback = any(c.get("type") == "ByteFallback"
+                                for c in _components(config.get("decoder")))
+
+            def spell(tok: str) -> bytes:
+                if byte_fallback and len(tok) == 6 and tok.startswith("<0x") and tok[5] == ">":
+                    try:
+                        return bytes([int(tok[3:5], 16)])
+                    except ValueError:
+                        pass
+                return tok.replace("\u2581", " ").encode()
+        for tok, token_id in self._tok.get_vocab(with_added_tokens=False).items():
+            if 0 <= token_id < len(out):
+                out[token_id] = spell(tok)
+        for added in config.get("added_tokens", []):
+            token_id = added["id"]
+            if 0 <= token_id < len(out):
+                out[token_id] = b"" if added.get("special") else added["content"].encode()
+        return out
 
     # --- chat templates -----------------------------------------------------------------
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
