@@ -13,6 +13,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace ponder::cpu {
@@ -164,8 +165,10 @@ template <typename Dot, typename T>
 void block_avx512(const LinearParams& p, const typename Dot::XT* xs, int64_t n0, int64_t n1) {
   int64_t n = n0;
   // Below kTileM rows the kernel is memory-bound, and one weight row at a time (a single
-  // sequential stream) measured faster than four rows side by side.
-  if (p.m >= kTileM)
+  // sequential stream) measured faster than four rows side by side; for fp32/fp16 weights
+  // (twice the bytes of bf16, no dot-product instruction) that holds up to 2 * kTileM rows.
+  const int64_t tile_from = std::is_same<T, bf16>::value ? kTileM : 2 * kTileM;
+  if (p.m >= tile_from)
     for (; n + kTileN <= n1; n += kTileN) tile_rows<Dot, T, kTileN>(p, xs, n);
   for (; n < n1; ++n) tile_rows<Dot, T, 1>(p, xs, n);
 }

@@ -125,6 +125,53 @@ class KvCacheManager:
     def stats(self) -> dict:
         """Block and prefix-cache counters as a dict."""
 
+class StopState:
+    """
+    Where one sequence stands in a StopMatcher: its matcher node and the bytes it has output. Fork a sequence with copy().
+    """
+
+    def __init__(self) -> None: ...
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes fed so far (the offset the next token's bytes start at)."""
+
+    def copy(self) -> StopState: ...
+
+    def __copy__(self) -> StopState: ...
+
+    def __deepcopy__(self, memo: object) -> StopState: ...
+
+    def reset(self) -> None: ...
+
+    def __repr__(self) -> "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >": ...
+
+class StopMatcher:
+    """
+    Finds stop strings in the bytes a token sequence decodes to, across token boundaries. vocab[i] is the bytes token i adds to the text (Tokenizer.token_bytes()); stops are non-empty byte strings. Holds no per-sequence state: each sequence carries a StopState.
+    """
+
+    def __init__(self, vocab: object, stops: object) -> None: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def num_stops(self) -> int: ...
+
+    @property
+    def max_stop_len(self) -> int: ...
+
+    def feed(self, state: StopState, token_id: int) -> int:
+        """
+        Appends token_id's bytes to state's sequence. Returns the byte offset (in the whole output of the sequence) where the earliest stop string ending in these bytes starts, or -1.
+        """
+
+    def feed_many(self, states: list, token_ids: Sequence[int]) -> list[int]:
+        """
+        feed() for many sequences at once: states[i] takes token_ids[i]. A state listed twice takes its tokens in order.
+        """
+
 def sample(logits: object | None, temperature: object | None, top_k: object | None, top_p: object | None, min_p: object | None, seeds: object | None, seq_ids: object | None, positions: object | None, tokens: object | None, logprobs: object | None, top_ids: object | None, top_logprobs: object | None, num_logprobs: int = 0, stream: int = 0) -> None:
     """Sample one token per row of logits (see ponder.ops.sample)."""
 
@@ -188,8 +235,12 @@ class BeamSearch:
 
 LINEAR_MAX_ROWS: int = 16
 
-def linear(x: object | None, weight: object | None, bias: object | None, out: object | None) -> None:
-    """out = x @ weight.T + bias for at most 16 rows of x (CPU)."""
+LINEAR_HAS_BF16_DOT: bool = True
+
+def linear(x: object | None, weight: object | None, bias: object | None, out: object | None, bf16_dot: bool = True) -> None:
+    """
+    out = x @ weight.T + bias for at most 16 rows of x (CPU). bf16_dot: bf16 through avx512_bf16 dot products where available (else widened to fp32).
+    """
 
 def rms_norm(x: object | None, weight: object | None, eps: float, residual: object | None, out: object | None) -> None:
     """

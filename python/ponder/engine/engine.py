@@ -50,6 +50,7 @@ class _Seq:
     parent_node: int = -1          # search step: the node it extends
     stream: int | None = None      # RNG stream (default: the completion index)
     ended_solution: bool = False   # EOS or the context's end: the solution is complete
+    stop_state: object = None      # _core.StopState while stop strings are watched
 
     def __post_init__(self):
         if self.base < 0:
@@ -130,6 +131,8 @@ class Engine:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_num_seqs = max_num_seqs
         self.seed = int(seed)
+        self._stop_matchers: dict[tuple[str, ...], _core.StopMatcher] = {}
+        self._token_bytes: list[bytes] | None = None
         self._ids = itertools.count()
         self._requests: dict[int, _Request] = {}
         self._waiting: deque[_Request] = deque()
@@ -174,6 +177,8 @@ class Engine:
         max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
         if len(ids) >= max_len:
             raise ValueError(f"prompt has {len(ids)} tokens; the context holds {max_len}")
+        if sampling.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a model with a tokenizer")
         rid = next(self._ids)
         seed = sampling.seed if sampling.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
         req = _Request(rid, text, ids, sampling, seed)
@@ -241,6 +246,18 @@ class Engine:
                 self.abort(rid)
             raise
         return self.output(rid)
+
+    def _stop_matcher(self, stops: list[str]):
+        """The core's byte-level matcher for these stop strings (the vocabulary's byte
+        strings are handed to the core once per engine)."""
+        key = tuple(stops)
+        m = self._stop_matchers.get(key)
+        if m is None:
+            if self._token_bytes is None:
+                self._token_bytes = self.tokenizer.token_bytes()
+            m = _core.StopMatcher(self._token_bytes, [s.encode() for s in stops])
+            self._stop_matchers[key] = m
+        return m
 
     def abort(self, request_id: int) -> None:
         req = self._requests.pop(request_id, None)
@@ -451,9 +468,17 @@ class Engine:
             seq.detok.push([tok])
             text = seq.detok.text
             if p.stop:
-                hit = min((pos for pos in (text.find(s) for s in p.stop) if pos >= 0), default=-1)
-                if hit >= 0:
-                    text, reason = text[:hit], "stop"
+                # Found by the core from the tokens' bytes, even split across tokens or inside
+                # an incomplete character; the text is then cut where the stop string starts.
+                if seq.stop_state is None:
+                    seq.stop_state = _core.StopState()
+                if self._stop_matcher(p.stop).feed(seq.stop_state, tok) >= 0:
+                    reason = "stop"
+                    seq.detok.flush()
+                    text = seq.detok.text
+                    hit = min((i for i in (text.find(s) for s in p.stop) if i >= 0),
+                              default=len(text))
+                    text = text[:hit]
             seq.text = text
         if reason is None and (seq.num_generated >= p.max_tokens
                                or len(seq.tokens) >= self.config.max_position_embeddings):
