@@ -9,7 +9,8 @@ def ref_paged_kv_append(key, value, k_cache, v_cache, slot_mapping):
     """Returns updated copies of the caches."""
     k_out, v_out = k_cache.clone(), v_cache.clone()
     nb, bs = k_cache.shape[:2]
-    k_flat, v_flat = k_out.view(nb * bs, *k_cache.shape[2:]), v_out.view(nb * bs, *v_cache.shape[2:])
+    k_flat = k_out.view(nb * bs, *k_cache.shape[2:])
+    v_flat = v_out.view(nb * bs, *v_cache.shape[2:])
     for i, slot in enumerate(slot_mapping.tolist()):
         if slot >= 0:
             k_flat[slot] = key[i]

@@ -9,12 +9,37 @@ from ponder._core import KvCacheManager
 from ponder.engine.engine import Engine
 from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, StepEvent
 from ponder.sampling import Sampling
-from ponder.search.specs import (DVTS, MCTS, AStar, BeamSearch, BestOfN, ParticleFilter,
-                                 ParticleGibbs, SearchSpec)
+from ponder.search.specs import (
+    DVTS,
+    MCTS,
+    AStar,
+    BeamSearch,
+    BestOfN,
+    ParticleFilter,
+    ParticleGibbs,
+    SearchSpec,
+)
 
 __version__ = "0.1.0"
-__all__ = ["AStar", "MCTS", "BeamSearch", "BestOfN", "DVTS", "ParticleFilter", "ParticleGibbs", "SearchSpec", "BeamOutput", "CompletionOutput", "Engine", "KvCacheManager", "RequestOutput",
-           "Sampling", "StepEvent", "cuda_available", "ops"]
+__all__ = [
+    "AStar",
+    "BeamOutput",
+    "BeamSearch",
+    "BestOfN",
+    "CompletionOutput",
+    "DVTS",
+    "Engine",
+    "KvCacheManager",
+    "MCTS",
+    "ParticleFilter",
+    "ParticleGibbs",
+    "RequestOutput",
+    "Sampling",
+    "SearchSpec",
+    "StepEvent",
+    "cuda_available",
+    "ops",
+]
 
 
 def cuda_available() -> bool:

@@ -81,7 +81,8 @@ def _search(args: argparse.Namespace) -> int:
         print(f"strategy {args.strategy} is not available in this build", file=sys.stderr)
         return 2
     kwargs = dict(max_steps=args.max_steps, max_step_tokens=args.max_step_tokens,
-                  max_tokens=args.budget_tokens, policy_temperature=args.temperature, seed=args.seed)
+                  max_tokens=args.budget_tokens, policy_temperature=args.temperature,
+                  seed=args.seed)
     if args.strategy in ("bon", "beam", "dvts", "pf", "pg"):
         kwargs["n"] = args.n
     if args.strategy in ("beam", "dvts"):

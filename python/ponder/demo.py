@@ -70,7 +70,8 @@ class _Progress:
         width = 24
         fill = int(width * self.done / self.total)
         sys.stderr.write(f"\r{self.label:<22} [{'#' * fill}{'.' * (width - fill)}] "
-                         f"{self.done}/{self.total} {time.perf_counter() - self.t0:5.1f}s {note:<12}")
+                         f"{self.done}/{self.total} {time.perf_counter() - self.t0:5.1f}s "
+                         f"{note:<12}")
         if self.done == self.total:
             sys.stderr.write("\n")
         sys.stderr.flush()

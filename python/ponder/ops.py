@@ -149,7 +149,8 @@ def paged_attention(
     _same_device(query, "query", k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
                  seq_lens=seq_lens, cu_query_lens=cu_query_lens, out=out)
     if query.dim() != 3:
-        raise ValueError(f"query must be [num_tokens, num_heads, head_dim], got {list(query.shape)}")
+        raise ValueError(f"query must be [num_tokens, num_heads, head_dim], got "
+                         f"{list(query.shape)}")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
     if out is None:

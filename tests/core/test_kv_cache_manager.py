@@ -97,7 +97,8 @@ class KvMachine(RuleBasedStateMachine):
             table = self.m.block_table(sid)
             assert self.m.length(sid) == len(tokens)
             assert len(table) == (len(tokens) + BLOCK_SIZE - 1) // BLOCK_SIZE
-            slots = [table[i // BLOCK_SIZE] * BLOCK_SIZE + i % BLOCK_SIZE for i in range(len(tokens))]
+            slots = [table[i // BLOCK_SIZE] * BLOCK_SIZE + i % BLOCK_SIZE
+                     for i in range(len(tokens))]
             assert self.cache[slots].tolist() == tokens
             assert self.m.token_ids(sid) == tokens
             refs.update(table)

@@ -203,7 +203,7 @@ def test_random_against_oracle_small_alphabet():
 
 
 # --- StopMatcher on SmolLM2's vocabulary ---------------------------------------------------
-STOPS = [b"\n\n", "The answer is".encode(), "## Step".encode(), "café".encode()]
+STOPS = [b"\n\n", b"The answer is", b"## Step", "café".encode()]
 
 
 def test_smollm2_random_sequences(smol):

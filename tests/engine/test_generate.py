@@ -113,7 +113,8 @@ def test_stop_strings_tokens_and_streaming(smollm2_gguf):
     while eng.has_unfinished():
         deltas += [e.text_delta for e in eng.step() if e.request_id == rid]
     assert "".join(deltas) == eng.output(rid).outputs[0].text
-    i = next(i for i in range(2, len(full.token_ids)) if full.token_ids[i] not in full.token_ids[:i])
+    ids = full.token_ids
+    i = next(i for i in range(2, len(ids)) if ids[i] not in ids[:i])
     tok_stop = ponder.Sampling(max_tokens=40, temperature=0.0, stop_token_ids=[full.token_ids[i]])
     out = eng.generate(["Count from 1 to 20, separated by commas."], tok_stop)[0].outputs[0]
     assert out.token_ids == full.token_ids[:i + 1] and out.finish_reason == "stop"

@@ -26,7 +26,7 @@ def reference(lm, n, how, select, max_steps):
     """n independent solutions; each a chain of samples until an answer or max_steps."""
     sols = []
     for i in range(n):
-        path, node_key, ordinal = (), (), i
+        path, ordinal = (), i
         while True:
             step = lm.sample(path, ordinal)
             path = path + (step.label,)

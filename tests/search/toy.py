@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from dataclasses import dataclass
 
 LABELS = ["A", "B", "C", "D", "=1", "=2", "=3"]
@@ -53,7 +52,7 @@ class ToyLM:
         p = self.probs(path)
         u = _h(self.seed, "u", path, ordinal)
         acc = 0.0
-        for lab, q in zip(LABELS, p):
+        for lab, q in zip(LABELS, p):  # noqa: B007 (lab is the sampled label)
             acc += q
             if u < acc:
                 break

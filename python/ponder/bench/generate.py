@@ -102,7 +102,7 @@ def run_llama_cpp(gguf, prompt_ids, max_tokens):
     def go():
         llm.reset()
         n = 0
-        for tok in llm.generate(prompt_ids, temp=0.0, top_k=1):
+        for _ in llm.generate(prompt_ids, temp=0.0, top_k=1):
             n += 1
             if n >= max_tokens:
                 break
@@ -170,7 +170,8 @@ def main(argv=None):
     print("-" * len(head))
     for r in results["rows"]:
         print(f"{r['dtype']:<10}{r['case']:<8}{r['ponder_tok_s']:>14.1f}"
-              f"{r.get('transformers_tok_s', float('nan')):>10.1f}{r.get('ratio', float('nan')):>7.2f}"
+              f"{r.get('transformers_tok_s', float('nan')):>10.1f}"
+              f"{r.get('ratio', float('nan')):>7.2f}"
               f"{r.get('floor_tok_s', float('nan')):>8.1f}")
     if lcpp is not None:
         print(f"llama.cpp Q4_1 greedy: {results['llama_cpp_q4_1_tok_s']} tok/s")

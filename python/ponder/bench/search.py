@@ -109,10 +109,11 @@ def main(argv=None):
     eng = ponder.Engine("smollm2", dtype="float32", kv_blocks=1024)
     hf = tok = None
     if not args.no_transformers:
+        import tempfile
+
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ponder.models.gguf import convert
-        import tempfile
 
         d = tempfile.mkdtemp()
         from ponder.models.loader import resolve_model_path

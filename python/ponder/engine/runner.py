@@ -96,7 +96,8 @@ class ModelRunner:
         cu = None if decode else torch.from_numpy(
             np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)).to(dev)
         meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(slots).to(dev), block_tables=torch.from_numpy(tables).to(dev),
+            slot_mapping=torch.from_numpy(slots).to(dev),
+            block_tables=torch.from_numpy(tables).to(dev),
             seq_lens=torch.from_numpy(seq_lens).to(dev), cu_query_lens=cu,
             max_seq_len=int(seq_lens.max()))
         hidden = self.model(torch.from_numpy(ids).to(dev), torch.from_numpy(positions).to(dev),
