@@ -173,6 +173,57 @@ void block_avx512(const LinearParams& p, const typename Dot::XT* xs, int64_t n0,
   for (; n < n1; ++n) tile_rows<Dot, T, 1>(p, xs, n);
 }
 
+// Up to 4 rows of x against weight rows [n0, n1), one weight row at a time with two
+// independent FMA chains: the memory-bound path for fp32/fp16 weights and few rows, where
+// the single sequential weight stream and the short dependency chains beat the tiles.
+template <typename T, int kRows>
+__attribute__((target(PONDER_AVX512))) void stream_rows(const LinearParams& p, const float* xs,
+                                                        int64_t m0, int64_t n0, int64_t n1) {
+  const T* w = static_cast<const T*>(p.weight);
+  const T* bias = static_cast<const T*>(p.bias);
+  T* out = static_cast<T*>(p.out);
+  const int64_t k = p.k;
+  for (int64_t n = n0; n < n1; ++n) {
+    const T* wr = w + n * k;
+    __m512 acc[kRows][2];
+    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= k; i += 32) {
+      const __m512 w0 = FmaDot<T>::load_w(wr + i, 0xffff);
+      const __m512 w1 = FmaDot<T>::load_w(wr + i + 16, 0xffff);
+      for (int r = 0; r < kRows; ++r) {
+        const float* xr = xs + (m0 + r) * k + i;
+        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), acc[r][1]);
+      }
+    }
+    for (; i < k; i += 16) {
+      const __mmask16 mask = k - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - i)) - 1);
+      const __m512 w0 = FmaDot<T>::load_w(wr + i, mask);
+      for (int r = 0; r < kRows; ++r)
+        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, xs + (m0 + r) * k + i),
+                                    acc[r][0]);
+    }
+    const float b = bias != nullptr ? to_f32(bias[n]) : 0.0f;
+    for (int r = 0; r < kRows; ++r)
+      out[(m0 + r) * p.n + n] =
+          from_f32<T>(_mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + b);
+  }
+}
+
+template <typename T>
+__attribute__((target(PONDER_AVX512))) void stream_block(const LinearParams& p, const float* xs,
+                                                         int64_t n0, int64_t n1) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= p.m; m0 += 4) stream_rows<T, 4>(p, xs, m0, n0, n1);
+  switch (p.m - m0) {
+    case 3: stream_rows<T, 3>(p, xs, m0, n0, n1); break;
+    case 2: stream_rows<T, 2>(p, xs, m0, n0, n1); break;
+    case 1: stream_rows<T, 1>(p, xs, m0, n0, n1); break;
+    default: break;
+  }
+}
+
 // Portable fallback: plain loops the compiler vectorizes.
 template <typename T>
 void block_generic(const LinearParams& p, const float* xs, int64_t n0, int64_t n1) {
@@ -229,8 +280,11 @@ void run(const LinearParams& p, bool use_bf16_dot) {
   const T* x = static_cast<const T*>(p.x);
   for (int64_t i = 0; i < p.m * p.k; ++i) x32[i] = to_f32(x[i]);
   const float* xs = x32.data();
+  const bool few_rows = p.m < 2 * kTileM;  // see block_avx512: tiles only pay from 8 rows
   for_each_task(p, [&](int64_t n0, int64_t n1) {
-    if (avx512)
+    if (avx512 && few_rows)
+      stream_block<T>(p, xs, n0, n1);
+    else if (avx512)
       block_avx512<FmaDot<T>, T>(p, xs, n0, n1);
     else
       block_generic<T>(p, xs, n0, n1);
