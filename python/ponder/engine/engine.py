@@ -290,18 +290,40 @@ class Engine:
         self._waiting.appendleft(req)
         self.stats["preemptions"] += 1
 
-    def _reserve(self, seq: _Seq, n: int, batch: list, copies: list) -> bool:
-        res = self.kv.append(seq.kv_id, np.asarray(seq.tokens[seq.computed:seq.computed + n],
-                                                   dtype=np.int32))
-        if res is None:
+    def _reserve(self, plan: list[tuple[_Seq, int]], batch: list, copies: list) -> bool:
+        """Appends n tokens to each planned sequence, or nothing at all when the pool cannot
+        hold them all. Deciding first matters: append registers blocks it fills in the prefix
+        cache, so a reservation undone before its forward pass would leave cached blocks
+        whose KV was never computed."""
+        if sum(self.kv.blocks_needed(seq.kv_id, n) for seq, n in plan) > self.kv.num_free_blocks:
             return False
-        slots, cow = res
-        copies.extend(map(tuple, cow.tolist()))
-        needs_logits = seq.computed + n == len(seq.tokens)
-        batch.append((seq, ScheduledSeq(seq.tokens[seq.computed:seq.computed + n], seq.computed,
-                                        slots, self.kv.block_table(seq.kv_id), needs_logits)))
-        seq.computed += n
+        for seq, n in plan:
+            res = self.kv.append(seq.kv_id, np.asarray(seq.tokens[seq.computed:seq.computed + n],
+                                                       dtype=np.int32))
+            if res is None:  # blocks_needed is an upper bound: cannot happen
+                raise RuntimeError("KV pool accounting is inconsistent")
+            slots, cow = res
+            copies.extend(map(tuple, cow.tolist()))
+            needs_logits = seq.computed + n == len(seq.tokens)
+            batch.append((seq, ScheduledSeq(seq.tokens[seq.computed:seq.computed + n],
+                                            seq.computed, slots, self.kv.block_table(seq.kv_id),
+                                            needs_logits)))
+            seq.computed += n
         return True
+
+    @staticmethod
+    def _plan(req: _Request, budget: int) -> list[tuple[_Seq, int]]:
+        """(sequence, tokens to compute) for this step, within the token budget."""
+        plan = []
+        for seq in req.seqs:
+            if seq.finished or seq.kv_id is None or seq.computed >= seq.target:
+                continue
+            n = min(seq.target - seq.computed, budget)
+            if n <= 0:
+                break
+            plan.append((seq, n))
+            budget -= n
+        return plan
 
     def _schedule(self):
         budget = self.max_num_batched_tokens
@@ -311,53 +333,35 @@ class Engine:
         i = 0
         while i < len(self._running) and budget > 0:
             req = self._running[i]
-            ok = True
-            for seq in req.seqs:
-                if seq.finished or seq.kv_id is None or seq.computed >= seq.target:
-                    continue
-                n = min(seq.target - seq.computed, budget)
-                while self.kv.blocks_needed(seq.kv_id, n) > self.kv.num_free_blocks:
-                    victim = self._running[-1]
-                    if victim is req:
-                        break
-                    self._preempt(victim)
-                if not self._reserve(seq, n, batch, copies):
-                    ok = False
+            plan = self._plan(req, budget)
+            while not self._reserve(plan, batch, copies):
+                victim = self._running[-1]
+                self._preempt(victim)  # when it is req itself: recompute it later
+                if victim is req:
                     break
-                budget -= n
-            if not ok:  # even alone it does not fit now: recompute it later
-                batch = [(s, sc) for s, sc in batch if s.req is not req]
-                self._preempt(req)
-                continue
-            i += 1
+            else:
+                budget -= sum(n for _, n in plan)
+                i += 1
         # Then waiting requests, first come first served, while blocks and budget last.
         num_seqs = sum(len(r.seqs) for r in self._running)
         while self._waiting and budget > 0 and num_seqs < self.max_num_seqs:
             req = self._waiting[0]
-            admitted = []
+            cached = 0
             for seq in req.seqs:
-                if seq.fork_from is not None or seq.finished:
-                    continue
-                seq.kv_id = self.kv.create(np.asarray(seq.tokens[:-1], dtype=np.int32))
-                seq.computed = self.kv.length(seq.kv_id)
-                if req.search is not None:
-                    req.search.stats["prefix_hit_tokens"] += seq.computed
-                n = min(seq.target - seq.computed, budget)
-                if n < 0 or (n == 0 and not seq.prefill_only):
-                    break
-                if n > 0 and not self._reserve(seq, n, batch, copies):
-                    break
-                admitted.append(seq)
-                budget -= n
-            else:
-                self._waiting.popleft()
-                self._running.append(req)
-                num_seqs += len(req.seqs)
-                continue
-            # Not enough room now: undo this request's reservations and stop admitting.
-            batch = [(s, sc) for s, sc in batch if s.req is not req]
-            self._release(req)
-            break
+                if seq.fork_from is None and not seq.finished:
+                    seq.kv_id = self.kv.create(np.asarray(seq.tokens[:-1], dtype=np.int32))
+                    seq.computed = self.kv.length(seq.kv_id)
+                    cached += seq.computed
+            plan = self._plan(req, budget)
+            if not self._reserve(plan, batch, copies):
+                self._release(req)  # not enough room now; stop admitting
+                break
+            if req.search is not None:
+                req.search.stats["prefix_hit_tokens"] += cached
+            budget -= sum(n for _, n in plan)
+            self._waiting.popleft()
+            self._running.append(req)
+            num_seqs += len(req.seqs)
         return batch, copies
 
     # --- the step -----------------------------------------------------------------------
@@ -568,10 +572,10 @@ class Engine:
             todo = beams
             while True:
                 batch, copies = [], []
-                for b in todo:
-                    if not self._reserve(b, len(b.tokens) - b.computed, batch, copies):
-                        raise RuntimeError("the KV pool is too small for this beam search; "
-                                           "raise kv_blocks")
+                if not self._reserve([(b, len(b.tokens) - b.computed) for b in todo], batch,
+                                     copies):
+                    raise RuntimeError("the KV pool is too small for this beam search; "
+                                       "raise kv_blocks")
                 self.runner.copy_blocks(copies)
                 logits = self.runner.execute([sc for _, sc in batch])
                 self.stats["forward_passes"] += 1
