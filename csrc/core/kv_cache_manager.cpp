@@ -70,7 +70,8 @@ int64_t KvCacheManager::blocks_needed(int64_t seq, int64_t n) const {
   const int64_t len = s.length();
   const int64_t total = (len + n + block_size_ - 1) / block_size_;
   int64_t need = total - static_cast<int64_t>(s.blocks.size());
-  const bool writes_partial = len % block_size_ != 0 || len < static_cast<int64_t>(s.blocks.size()) * block_size_;
+  // The first write lands in an existing (partial) block: a shared one is copied first.
+  const bool writes_partial = len < static_cast<int64_t>(s.blocks.size()) * block_size_;
   if (writes_partial && pool_.ref_count(s.blocks[len / block_size_]) > 1) ++need;
   return need;
 }

@@ -28,7 +28,7 @@ constexpr int64_t kParallelMinBytes = 512 * 1024;  // K/V bytes read below which
 struct Scratch {
   std::vector<float> q;    // [rows, head_dim], pre-scaled
   std::vector<float> acc;  // [rows, head_dim]
-  std::vector<float> kv;   // [block_size, head_dim] fp32 copy of a K or V block (half types)
+  std::vector<float> kv;   // [2, block_size, head_dim]: a K and a V block in fp32 (half types)
   std::vector<float> s;    // [rows, block_size]
   std::vector<float> m, l; // [rows]
 };

@@ -55,7 +55,8 @@ def step_checker(answers: dict[str, int]):
         final = extract_answer(steps[-1]) if steps else ""
         if final:
             truth = str(answers[question])
-            scores[-1] = min(scores[-1], 1.0) if final == truth else 0.0
+            if final != truth:
+                scores[-1] = 0.0
         return scores
 
     return verify

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import lru_cache
 
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 _SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
@@ -38,16 +39,17 @@ def _compile_template(source: str):
     return env.from_string(source)
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte alphabet: byte -> the printable character byte-level BPE spells it with."""
-    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-            + list(range(ord("®"), ord("ÿ") + 1)))
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character map of byte-level BPE: printable Latin-1 bytes map
+    to themselves, the rest to code points from 256 up, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
     table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
+    for byte in range(256):
+        if byte in keep:
+            table[byte] = chr(byte)
         else:
-            table[b] = chr(256 + extra)
+            table[byte] = chr(256 + extra)
             extra += 1
     return table
 
@@ -134,7 +136,7 @@ class Tokenizer:
         kind = _vocab_kind(config)
         out = [b""] * self.vocab_size
         if kind == "byte_level":
-            unbyte = {c: b for b, c in _bytes_to_unicode().items()}
+            unbyte = {c: b for b, c in bytes_to_unicode().items()}
 
             def spell(tok: str) -> bytes:
                 # tokenizers decodes a token with a character outside the alphabet as its UTF-8.

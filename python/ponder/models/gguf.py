@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
+
+from ponder.tokenizer import bytes_to_unicode
 
 __all__ = ["GgufCheckpoint", "convert", "read_gguf"]
 
@@ -274,21 +275,6 @@ def _generation_config(meta: dict) -> dict:
     return out
 
 
-@lru_cache(maxsize=1)
-def _byte_alphabet() -> dict[int, str]:
-    # GPT-2's byte -> printable character map: printable Latin-1 bytes map to themselves,
-    # the rest to code points from 256 up, in byte order.
-    keep = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table, extra = {}, 0
-    for byte in range(256):
-        if byte in keep:
-            table[byte] = chr(byte)
-        else:
-            table[byte] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _tokenizer(meta: dict) -> tuple[str, dict]:
     """The `tokenizers` JSON and tokenizer_config of the file's tokenizer."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
@@ -300,7 +286,7 @@ def _tokenizer(meta: dict) -> tuple[str, dict]:
     if model == "gpt2":
         # Byte-level vocabularies are written in GPT-2's byte alphabet; a token that is not
         # (llama.cpp sometimes stores one raw) is respelled into it.
-        spelling = _byte_alphabet()
+        spelling = bytes_to_unicode()
         alphabet = set(spelling.values())
         vocab = {
             tok if set(tok) <= alphabet else "".join(spelling[b] for b in tok.encode()): i

@@ -48,6 +48,11 @@ class SearchSpec:
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
+    def _check_width(self) -> None:
+        self._positive_ints("n", "width")
+        if self.n % self.width:
+            raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
+
     def _budget(self) -> dict:
         return dict(max_tokens=self.max_tokens, max_score_calls=self.max_score_calls,
                     max_steps=self.max_steps)
@@ -140,9 +145,7 @@ class BeamSearch(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        self._positive_ints("n", "width")
-        if self.n % self.width:
-            raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
+        self._check_width()
         if self.lookahead != 0:
             raise ValueError("lookahead > 0 is not supported: search-and-learn never scores the "
                              "lookahead text, and a step expansion cannot ask for greedy rollouts")
@@ -165,9 +168,7 @@ class DVTS(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        self._positive_ints("n", "width")
-        if self.n % self.width:
-            raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
+        self._check_width()
 
     def build(self):
         return _core.DVTSStrategy(self.n, self.width, self.aggregation, self.select,
