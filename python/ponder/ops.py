@@ -447,3 +447,13 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         return out
     gate, up = gate_up.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up
+
+
+def prm_head(hidden, rows, w2, b2=None, w1=None, b1=None):  # TEMPORARY torch version
+    x = hidden.index_select(0, rows).float()
+    if w1 is not None:
+        x = torch.relu(torch.nn.functional.linear(x, w1.float(), None if b1 is None else b1.float()))
+    logits = torch.nn.functional.linear(x, w2.float(), None if b2 is None else b2.float())
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=-1)[:, 1]

@@ -111,6 +111,11 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_offsets(self, text: str, add_special_tokens: bool = True):
+        """Token ids and, for each token, its (start, end) character span in text."""
+        enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
+        return enc.ids, enc.offsets
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 

@@ -12,6 +12,7 @@ batch size never change a seeded result.
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, S
 from ponder.engine.runner import ModelRunner, ScheduledSeq, resolve_dtype
 from ponder.engine.search_run import SearchRun
 from ponder.models.loader import load_checkpoint
+from ponder.prm.scorer import PrmScorer
 from ponder.sampling import Sampling
 from ponder.search.specs import SearchSpec
 from ponder.tokenizer import IncrementalDetokenizer, Tokenizer
@@ -100,15 +102,24 @@ class Engine:
         KV pool size in blocks of ``block_size`` tokens; by default a fraction of memory.
     seed : int
         Seeds requests that do not set ``Sampling.seed``.
+    prm : str, optional
+        A process reward model (HF directory or GGUF), loaded once with its own KV pool;
+        searches without a verifier callable and ``score()`` use it. ``"self"`` (or None with
+        ``prm_format="self-verify"``) asks the policy itself.
+    prm_format : {"qwen", "math-shepherd", "rlhflow", "skywork", "self-verify"}, optional
+        How the PRM reads steps; by default from its config.json where that says enough.
+    prm_kv_blocks : int, optional
+        The PRM's KV pool in blocks (by default a fraction of memory, like kv_blocks).
+    prm_incremental : bool
+        Score only each new step's tokens, forking the parent's PRM KV (default); False runs
+        every scoring text whole, as re-scoring PRMs do (for comparison).
     """
 
     def __init__(self, model: str, prm=None, prm_format: str | None = None,
                  dtype: str = "float32", device: str = "cpu", kv_blocks: int | None = None,
                  seed: int = 0, block_size: int = 16, max_num_batched_tokens: int = 2048,
-                 max_num_seqs: int = 256, enable_prefix_cache: bool = True):
-        if prm is not None or prm_format is not None:
-            raise NotImplementedError("process reward models are not supported in this version "
-                                      "of ponder (prm must be None)")
+                 max_num_seqs: int = 256, enable_prefix_cache: bool = True,
+                 prm_kv_blocks: int | None = None, prm_incremental: bool = True):
         if max_num_batched_tokens < 1 or max_num_seqs < 1:
             raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
         self.device = torch.device(device)
@@ -139,6 +150,15 @@ class Engine:
         self._running: list[_Request] = []
         self.stats = {"forward_passes": 0, "tokens_generated": 0, "tokens_prefilled": 0,
                       "preemptions": 0}
+        self._score_queue: list[SearchRun] = []
+        self.prm: PrmScorer | None = None
+        if prm is not None or prm_format is not None:
+            if prm is not None and not isinstance(prm, (str, os.PathLike)):
+                raise TypeError("prm must be a path to a PRM checkpoint or 'self' (a verifier "
+                                "callable goes to search(..., prm=fn))")
+            self.prm = PrmScorer(prm, prm_format, self.runner.dtype, self.device, prm_kv_blocks,
+                                 block_size, enable_prefix_cache, prm_incremental,
+                                 policy=(self.runner, self.tokenizer))
 
     # --- requests -----------------------------------------------------------------------
     @property
@@ -278,6 +298,8 @@ class Engine:
         if req is None:
             raise ValueError(f"unknown request_id {request_id}")
         if req.search is not None:
+            if req.search in self._score_queue:
+                self._score_queue.remove(req.search)
             req.search.release_all()
         self._release(req)
         if req in self._running:
@@ -410,8 +432,24 @@ class Engine:
                     if sq.req.search is not None}.values():
             run.note_forward()
         events = self._sample_and_append(logits, rows, seqs)
+        self._score_queued()
         self._start_ready_searches()
         return events + self._finished_search_events()
+
+    def _score_queued(self) -> None:
+        """Scores every search round that ended in this step, the PRM's share in one batch,
+        then lets each search go on."""
+        runs, self._score_queue = self._score_queue, []
+        prm_runs = [r for r in runs if r.prm is not None and r.to_score]
+        if prm_runs:
+            jobs = [r.prm_jobs() for r in prm_runs]
+            nodes = self.prm.score_paths([j for js in jobs for j in js])
+            at = 0
+            for r, js in zip(prm_runs, jobs):
+                r.set_prm_scores(nodes[at:at + len(js)])
+                at += len(js)
+        for r in runs:
+            r.after_scores()
 
     def _start_ready_searches(self) -> bool:
         """Searches whose prompt KV is complete start their first round."""
@@ -542,6 +580,19 @@ class Engine:
                                          and isinstance(prompts[0], int)):
             prompts = [prompts]
         return self._run_to_end([self.add_request(p, sampling, chat) for p in prompts])
+
+    # --- process reward model ---------------------------------------------------------
+    def score(self, question: str, steps):
+        """Per-step PRM scores of one solution (a list of step strings), or of several (a
+        list of such lists) in one batch; prefixes they share run once. Needs ``prm=``."""
+        if self.prm is None:
+            raise ValueError("this engine has no process reward model: pass prm= to Engine")
+        if not isinstance(question, str) or not question:
+            raise ValueError("question must be a non-empty string")
+        if isinstance(steps, (list, tuple)) and steps and all(
+                isinstance(s, (list, tuple)) for s in steps):
+            return self.prm.score(question, [list(s) for s in steps])
+        return self.prm.score(question, [steps])[0]
 
     # --- beam search --------------------------------------------------------------------
     @torch.inference_mode()

@@ -39,13 +39,18 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, ck: Checkpoint, dtype: torch.dtype, device: torch.device,
-                 kv_blocks: int | None, block_size: int = 16, kv_memory_fraction: float = 0.1):
+                 kv_blocks: int | None, block_size: int = 16, kv_memory_fraction: float = 0.1,
+                 lm_head: bool = True, model: CausalLM | None = None):
+        """model: reuse these weights (a second KV pool over the same model) instead of
+        loading ck's; lm_head=False drops the LM head (reward models with their own)."""
         self.config = cfg = ck.config
         self.dtype, self.device, self.block_size = dtype, device, block_size
-        with torch.device("meta"):  # no random init: every weight comes from the checkpoint
-            self.model = CausalLM(cfg)
-        self.model.load_weights(ck.tensors, dtype, device)
-        self.model.eval()
+        if model is None:
+            with torch.device("meta"):  # no random init: every weight comes from the checkpoint
+                model = CausalLM(cfg)
+            model.load_weights(ck.tensors, dtype, device, lm_head=lm_head)
+            model.eval()
+        self.model = model
         elem = torch.tensor([], dtype=dtype).element_size()
         self.block_bytes = 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * elem
         if kv_blocks is None:
@@ -81,6 +86,19 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
         """Runs one packed forward; returns fp32 logits [num seqs needing logits, vocab]."""
+        hidden, lens = self.hidden_states(seqs)
+        dev = self.device
+        last = np.cumsum(lens) - 1
+        want = [i for i, s in enumerate(seqs) if s.needs_logits]
+        if not want:
+            return torch.empty(0, self.config.vocab_size, device=dev)
+        rows = torch.from_numpy(last[want]).to(dev)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    @torch.inference_mode()
+    def hidden_states(self, seqs: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]]:
+        """Runs one packed forward; returns the final-norm hidden states of every token run
+        [sum of lens, hidden] and each sequence's token count."""
         dev = self.device
         lens = [len(s.token_ids) for s in seqs]
         ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64, count=sum(lens))
@@ -102,9 +120,4 @@ class ModelRunner:
             max_seq_len=int(seq_lens.max()))
         hidden = self.model(torch.from_numpy(ids).to(dev), torch.from_numpy(positions).to(dev),
                             meta, self.kv_caches)
-        last = np.cumsum(lens) - 1
-        want = [i for i, s in enumerate(seqs) if s.needs_logits]
-        if not want:
-            return torch.empty(0, self.config.vocab_size, device=dev)
-        rows = torch.from_numpy(last[want]).to(dev)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        return hidden, lens

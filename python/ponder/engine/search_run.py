@@ -25,6 +25,12 @@ class SearchRun:
         self.strategy = spec.build()
         self.tree = self.strategy.tree
         self.verifier = verifier
+        # No verifier callable: the engine's PRM when it has one (scored incrementally, KV
+        # per node), else the policy's own confidence.
+        self.prm = engine.prm if verifier is None else None
+        self.prm_nodes: dict = {}                  # node -> ponder.prm.PrmNode
+        self.to_score: list[int] = []
+        self.children: list[int] = []
         self.answer_fn = answer_fn or extract_answer
         self.node_kv: dict[int, int] = {}          # node -> KV sequence id
         self.node_tokens: dict[int, list[int]] = {0: list(req.prompt_ids)}
@@ -36,7 +42,7 @@ class SearchRun:
         self.result: SearchResult | None = None
         self.t0 = time.perf_counter()
         self.stats = {"tokens_generated": 0, "tokens_prefilled": 0, "prefix_hit_tokens": 0,
-                      "forward_passes": 0, "score_calls": 0, "score_steps": 0,
+                      "forward_passes": 0, "score_calls": 0, "score_steps": 0, "prm_tokens": 0,
                       "peak_kv_blocks": 0, "peak_kv_blocks_unshared": 0, "rounds": 0}
 
     # --- called by the engine -----------------------------------------------------------
@@ -63,6 +69,9 @@ class SearchRun:
                                                     unshared)
 
     def release_all(self) -> None:
+        for node in self.prm_nodes.values():
+            self.prm.release(node)
+        self.prm_nodes.clear()
         for kv_id in self.node_kv.values():
             if self.engine.kv.contains(kv_id):
                 self.engine.kv.free(kv_id)
@@ -107,16 +116,47 @@ class SearchRun:
             n = tree.node(cid)
             if n.finished or n.depth >= st.max_steps:
                 tree.set_answer(cid, self.answer_fn(self.solution_text(cid)))
-        scored = [c for c in children if st.needs_score(c)]
-        self._score(scored)
-        st.count_score_calls(len(scored))
-        self.stats["score_calls"] += len(scored)
-        st.observe(children)
+        self.children = children
+        self.to_score = [c for c in children if st.needs_score(c)]
+        self.pending = []
+        # Scored at the end of the engine's step, in one batch with every other search whose
+        # round ended in it; then after_scores() goes on.
+        self.engine._score_queue.append(self)
+
+    def prm_jobs(self) -> list[tuple]:
+        """(parent PRM node, question, steps) for each node to score: the parent is the
+        nearest scored ancestor, whose KV the PRM forks."""
+        jobs = []
+        for c in self.to_score:
+            parent, nid = None, self.tree.node(c).parent
+            while parent is None and nid > 0:
+                parent = self.prm_nodes.get(nid)
+                nid = self.tree.node(nid).parent
+            jobs.append((parent, self.question, self.steps(c)))
+        return jobs
+
+    def set_prm_scores(self, prm_nodes: list) -> None:
+        for c, node in zip(self.to_score, prm_nodes):
+            self.prm_nodes[c] = node
+            self.tree.set_path_scores(c, node.scores)
+            self.stats["prm_tokens"] += node.tokens_run
+        self.stats["score_steps"] += len(prm_nodes)
+
+    def after_scores(self) -> None:
+        st = self.strategy
+        if self.prm is None:
+            self._score(self.to_score)
+        st.count_score_calls(len(self.to_score))
+        self.stats["score_calls"] += len(self.to_score)
+        st.observe(self.children)
         for nid in st.take_released():
             kv_id = self.node_kv.pop(nid, None)
             if kv_id is not None:
                 self.engine.kv.free(kv_id)
-        self.pending = []
+            node = self.prm_nodes.pop(nid, None)
+            if node is not None:
+                self.prm.release(node)
+        self.to_score = self.children = []
         self._next_round()
 
     def _score(self, nodes: list[int]) -> None:

@@ -13,6 +13,9 @@ ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    # Process reward models on a Qwen2 body (ponder.prm reads their heads).
+    "Qwen2ForProcessRewardModel": "qwen2",
+    "Qwen2ForPrmModel": "qwen2",
 }
 
 

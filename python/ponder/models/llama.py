@@ -151,8 +151,10 @@ class CausalLM(nn.Module):
         return _linear(self.lm_head, hidden).float()
 
     # --- weights ------------------------------------------------------------------------
-    def load_weights(self, source, dtype: torch.dtype, device: torch.device) -> None:
-        """Copies HF-named tensors from source (ponder.models.loader.TensorSource)."""
+    def load_weights(self, source, dtype: torch.dtype, device: torch.device,
+                     lm_head: bool = True) -> None:
+        """Copies HF-named tensors from source (ponder.models.loader.TensorSource). Without
+        lm_head (a reward model with its own head) the LM head is dropped."""
         cfg = self.config
 
         def get(name, shape):
@@ -170,7 +172,9 @@ class CausalLM(nn.Module):
             "embed_tokens.weight": get("model.embed_tokens.weight", (cfg.vocab_size, h)),
             "norm.weight": get("model.norm.weight", (h,)),
         }
-        if "lm_head.weight" in source and not cfg.tie_word_embeddings:
+        if not lm_head:
+            self.lm_head = None
+        elif "lm_head.weight" in source and not cfg.tie_word_embeddings:
             params["lm_head.weight"] = get("lm_head.weight", (cfg.vocab_size, h))
         elif cfg.tie_word_embeddings:
             params["lm_head.weight"] = params["embed_tokens.weight"]
@@ -212,7 +216,7 @@ class CausalLM(nn.Module):
             module = self.get_submodule(module_name)
             setattr(module, attr, nn.Parameter(t.to(device=device, dtype=dtype).contiguous(),
                                                requires_grad=False))
-        if cfg.tie_word_embeddings:
+        if cfg.tie_word_embeddings and lm_head:
             self.lm_head.weight = self.embed_tokens.weight
         leftover = [n for n, p in self.named_parameters() if p.device.type == "meta"]
         if leftover:
