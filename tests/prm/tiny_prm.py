@@ -53,7 +53,8 @@ def _tokenizer(src: str, out: str, fmt: str) -> None:
 
 
 def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0):
-    """Writes a tiny PRM of this format to out; returns (hf body model, head params)."""
+    """Writes a tiny PRM of this format to out; returns (hf body model, head params).
+    fmt "policy": a tiny random Llama policy with SmolLM2's tokenizer and chat template."""
     import transformers as tf
     from safetensors.torch import load_file, save_file
 
