@@ -92,7 +92,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.strategy == "mcts":
         kwargs["simulations"] = args.n
     spec = cls(**kwargs)
-    eng = ponder.Engine(args.model, dtype=args.dtype, device=args.device)
+    eng = ponder.Engine(args.model, dtype=args.dtype, device=args.device, prm=args.prm,
+                        prm_format=args.prm_format)
     res = eng.search(args.question, spec)
     print(res.best.text if res.best else "")
     print(f"\n[answer: {res.answer!r}] {res.stats}", file=sys.stderr)
@@ -141,6 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     p_s.add_argument("--temperature", type=float, default=0.8)
     p_s.add_argument("--seed", type=int, default=0)
     p_s.add_argument("--html", default=None, help="write the search tree page here")
+    p_s.add_argument("--prm", default=None,
+                     help="process reward model (HF directory or .gguf; 'self': the policy "
+                          "asked whether each step is correct); default: the policy's "
+                          "confidence")
+    p_s.add_argument("--prm-format", default=None,
+                     choices=["qwen", "math-shepherd", "rlhflow", "skywork", "self-verify"],
+                     help="how the PRM reads steps (default: from its config.json)")
     p_s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p_s.add_argument("--device", default="cpu")
     p_s.set_defaults(func=_search)

@@ -95,11 +95,12 @@ def _strategies(n: int):
 
 
 def run(problems=PROBLEMS, n: int = 8, html: str | None = "ponder-demo-tree.html",
-        dtype: str = "float32", model: str = "smollm2") -> list[dict]:
+        dtype: str = "float32", model: str = "smollm2", prm: str = "self",
+        prm_format: str | None = None) -> list[dict]:
     import ponder
     from ponder.search.answers import extract_answer
 
-    eng = ponder.Engine(model, dtype=dtype, seed=0)
+    eng = ponder.Engine(model, dtype=dtype, seed=0, prm=prm, prm_format=prm_format)
     verify = step_checker(dict(problems))
     rows = []
     # Greedy decoding: every problem in one batch.
@@ -118,12 +119,18 @@ def run(problems=PROBLEMS, n: int = 8, html: str | None = "ponder-demo-tree.html
                      tokens=eng.stats["tokens_generated"] - tok0,
                      seconds=time.perf_counter() - t0))
     best_tree = None
-    for name, spec in _strategies(n).items():
+    runs = [(name, spec, verify) for name, spec in _strategies(n).items()]
+    if eng.prm is not None:
+        # The same particle filter guided by a process reward model instead of the checker
+        # (by default SmolLM2 asked whether each step is correct, scored incrementally).
+        runs.append((f"PF + PRM ({eng.prm.format_name})", ponder.ParticleFilter(
+            n=n, max_steps=8, max_step_tokens=64, seed=0), None))
+    for name, spec, verifier in runs:
         prog = _Progress(len(problems), name)
         t0 = time.perf_counter()
         tokens = correct = 0
         for q, a in problems:
-            res = eng.search(q, spec, prm=verify, system_prompt=SYSTEM)
+            res = eng.search(q, spec, prm=verifier, system_prompt=SYSTEM)
             tokens += res.stats["tokens_generated"]
             ok = res.answer == str(a)
             correct += ok
@@ -145,10 +152,16 @@ def main(argv=None) -> int:
     p.add_argument("--html", default="ponder-demo-tree.html", help="where to write a tree page")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--prm", default="self",
+                   help="PRM for the PRM-guided run: a checkpoint, 'self' (the policy asked "
+                        "about each step) or 'none'")
+    p.add_argument("--prm-format", default=None)
     args = p.parse_args(argv)
-    rows = run(PROBLEMS[:args.problems], args.n, args.html, args.dtype, args.model)
+    prm = None if args.prm == "none" else args.prm
+    rows = run(PROBLEMS[:args.problems], args.n, args.html, args.dtype, args.model, prm,
+               args.prm_format)
     print(f"\nSmolLM2-135M-Instruct, {args.problems} arithmetic word problems, n={args.n}, "
-          f"exact step checker as verifier")
+          f"exact step checker as verifier (PRM row: the PRM instead)")
     head = f"{'strategy':<18}{'accuracy':>10}{'tokens':>10}{'seconds':>10}{'tok/s':>9}"
     print(head)
     print("-" * len(head))

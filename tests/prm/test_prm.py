@@ -335,3 +335,14 @@ def test_engine_prm_arguments(tiny_policy):
         ponder.Engine(tiny_policy, prm_format="qwen", kv_blocks=16)
     with pytest.raises(FileNotFoundError):
         ponder.Engine(tiny_policy, prm="/nonexistent/prm", kv_blocks=16)
+
+
+def test_cli_search_with_prm(tiny_policy, tiny_prms, capsys, tmp_path):
+    from ponder import cli
+
+    page = tmp_path / "tree.html"
+    assert cli.main(["search", tiny_policy, Q, "--strategy", "beam", "--n", "4", "--width", "2",
+                     "--max-steps", "2", "--max-step-tokens", "6", "--prm", tiny_prms["qwen"][0],
+                     "--html", str(page)]) == 0
+    err = capsys.readouterr().err
+    assert "'prm_tokens'" in err and page.is_file()
