@@ -11,7 +11,7 @@ requests. With ``incremental=False`` every text is run whole, as a re-scoring PR
 
 from __future__ import annotations
 
-import itertools
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -109,9 +109,8 @@ class PrmScorer:
         self.kv = KvCacheManager(self.runner.num_blocks, block_size, enable_prefix_cache)
         self.head = self._load_head(head, tensors, dtype, device)
         self._kept: OrderedDict[int, PrmNode] = OrderedDict()  # nodes holding KV, LRU first
-        self._ids = itertools.count()
         self.stats = {"forward_passes": 0, "tokens_run": 0, "tokens_reused": 0, "scored": 0,
-                      "evicted": 0}
+                      "evicted": 0, "seconds": 0.0}
 
     # --- heads --------------------------------------------------------------------------
     def _load_head(self, kind, tensors, dtype, device) -> dict:
@@ -154,6 +153,7 @@ class PrmScorer:
         """Scores each (parent, question, steps): steps extend the parent's by one or more.
         Returns one PrmNode per job; with keep, each holds its KV for its children until
         release()."""
+        t0 = time.perf_counter()
         fmt = self.format
         nodes: list[PrmNode] = []
         items: list[_Item] = []
@@ -191,6 +191,7 @@ class PrmScorer:
             if len(node.scores) != len(steps):
                 raise RuntimeError("PRM scoring lost a step")  # an internal invariant
         self.stats["scored"] += len(nodes)
+        self.stats["seconds"] += time.perf_counter() - t0
         return nodes
 
     def release(self, node: PrmNode) -> None:
