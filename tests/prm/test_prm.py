@@ -122,7 +122,7 @@ def test_small_pool_evicts_and_stays_exact(tiny_prms):
         nodes.append(layer[0])
         assert close(layer[0].scores, ref[:k])
     assert sc.stats["evicted"] > 0
-    with pytest.raises(RuntimeError, match="prm_kv_blocks"):
+    with pytest.raises(ValueError, match="context holds"):
         sc.score(Q, [["a very long step " * 200]])
     for n in nodes[1:]:
         sc.release(n)

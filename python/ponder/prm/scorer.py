@@ -157,8 +157,13 @@ class PrmScorer:
         fmt = self.format
         nodes: list[PrmNode] = []
         items: list[_Item] = []
+        limit = min(self.config.max_position_embeddings,
+                    self.runner.num_blocks * self.runner.block_size)
         for parent, question, steps in jobs:
             enc = fmt.encode(question, steps)
+            if len(enc.ids) > limit:
+                raise ValueError(f"the PRM scoring text has {len(enc.ids)} tokens; the PRM's "
+                                 f"context holds {limit}")
             node = PrmNode(enc.ids, enc.positions, [])
             nodes.append(node)
             if not self.incremental:
