@@ -33,7 +33,10 @@ using avx512::reduce4;
 
 constexpr int64_t kFeaturesPerTask = 16;   // layer-1 outputs per scheduling unit
 constexpr int64_t kChunkBytes = 3072;      // of a gathered row per pass: 768 fp32, 1536 bf16
-constexpr int64_t kParallelMinProducts = 1 << 16;  // below this many, one thread runs a layer
+// Products below which one thread runs a layer: a parallel region costs a few us, layer 2's
+// 1 << 18 products about 15.
+constexpr int64_t kLayer1ParallelMin = 1 << 16;
+constexpr int64_t kLayer2ParallelMin = 1 << 18;
 constexpr int kTileN = 4;                  // layer-1 weight rows per tile
 constexpr int kTileM = 4;                  // gathered rows per tile
 
@@ -156,7 +159,7 @@ void bias_relu(const Layer1<XT>& l, int64_t n0, int64_t n1) {
 template <typename XT, typename Block>
 void layer1(const Layer1<XT>& l, Block block) {
   const int64_t num_tasks = (l.n + kFeaturesPerTask - 1) / kFeaturesPerTask;
-  const bool parallel = l.m * l.n * l.k > kParallelMinProducts;
+  const bool parallel = l.m * l.n * l.k > kLayer1ParallelMin;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t t = 0; t < num_tasks; ++t) {
     const int64_t n0 = t * kFeaturesPerTask, n1 = std::min(l.n, n0 + kFeaturesPerTask);
@@ -206,7 +209,7 @@ void layer2(const PrmHeadParams& p, bool vec, XOf x_of) {
   const T* w2 = static_cast<const T*>(p.w2);
   const T* b2 = static_cast<const T*>(p.b2);
   const int64_t n = p.inner_size;
-  const bool parallel = p.num_rows * p.num_classes * n > kParallelMinProducts;
+  const bool parallel = p.num_rows * p.num_classes * n > kLayer2ParallelMin;
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t r = 0; r < p.num_rows; ++r) {
     const TX* x = x_of(r);
