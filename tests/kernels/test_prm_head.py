@@ -73,7 +73,7 @@ CPU_PATHS = {"best": (True, True), "fma": (True, False), "portable": (False, Tru
 
 @pytest.mark.parametrize("first_layer", [False, True], ids=["w2", "w1w2"])
 @pytest.mark.parametrize("num_classes", [1, 2])
-@pytest.mark.parametrize("hidden_size", [100, 576])
+@pytest.mark.parametrize("hidden_size", [63, 100, 576])  # 63: an odd tail for bf16 pairs
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("path", list(CPU_PATHS))
 def test_cpu_paths(path, dtype, hidden_size, num_classes, first_layer):
