@@ -18,3 +18,4 @@ for dtype in float32 bfloat16; do
   python bench/bench_paged_attention.py --device cuda --dtype "$dtype" | tee "$OUT/bench_$dtype.txt"
   python bench/bench_paged_attention.py --device cuda --dtype "$dtype" --json > "$OUT/bench_$dtype.json"
 done
+python bench/bench_prm_head.py --device cuda | tee "$OUT/bench_prm_head.txt"

@@ -114,3 +114,16 @@ def ref_sample_probs(logits, temperature, top_k=0, top_p=1.0, min_p=0.0):
         scores = scores.masked_fill(remove, -float("inf"))
     probs = scores.softmax(dim=-1)
     return probs[0] if squeeze else probs
+
+
+def ref_prm_head(hidden, rows, w2, b2=None, w1=None, b1=None):
+    """``ops.prm_head`` in fp32: the optional ``Linear`` + ``ReLU``, the last ``Linear``, then
+    ``sigmoid`` (one class) or ``softmax(.)[1]`` (two), on the rows widened to fp32."""
+    linear = torch.nn.functional.linear
+    x = hidden[rows].float()
+    if w1 is not None:
+        x = torch.relu(linear(x, w1.float(), None if b1 is None else b1.float()))
+    logits = linear(x, w2.float(), None if b2 is None else b2.float())
+    if w2.shape[0] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=-1)[:, 1]

@@ -16,83 +16,21 @@
 #include <type_traits>
 #include <vector>
 
+#include "avx512_dot.h"
+
 namespace ponder::cpu {
 namespace {
+
+using avx512::Bf16Dot;
+using avx512::FmaDot;
+using avx512::has_avx512;
+using avx512::has_avx512_bf16;
+using avx512::reduce4;
 
 constexpr int64_t kRowsPerTask = 16;              // output features per scheduling unit
 constexpr int64_t kParallelMinBytes = 128 * 1024;  // weight bytes below which one thread runs
 constexpr int kTileN = 4;                          // weight rows per tile
 constexpr int kTileM = 4;                          // rows of x per tile
-
-#define PONDER_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512"
-#define PONDER_AVX512_BF16 PONDER_AVX512 ",avx512bf16"
-
-// Multiply-accumulate policies: Step elements of k per instruction; x is in XT.
-// Masked loads (zeros past k) cover a k that is not a multiple of Step.
-template <typename T>
-struct FmaDot {  // x widened to fp32, weights widened as loaded
-  using XT = float;
-  static constexpr int kStep = 16;
-  using Mask = __mmask16;
-  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 load_w(const T* s,
-                                                                              Mask mask);
-  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 load_x(const float* s,
-                                                                              Mask mask) {
-    return _mm512_maskz_loadu_ps(mask, s);
-  }
-  __attribute__((target(PONDER_AVX512), always_inline)) static __m512 dot(__m512 acc, __m512 w,
-                                                                           __m512 x) {
-    return _mm512_fmadd_ps(w, x, acc);
-  }
-};
-template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<float>::load_w(
-    const float* s, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, s);
-}
-template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<bf16>::load_w(
-    const bf16* s, __mmask16 mask) {
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, s);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-template <>
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 FmaDot<_Float16>::load_w(
-    const _Float16* s, __mmask16 mask) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, s));
-}
-
-struct Bf16Dot {  // bf16 pairs straight into vdpbf16ps
-  using XT = bf16;
-  static constexpr int kStep = 32;
-  using Mask = __mmask32;
-  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512i load_w(const bf16* s,
-                                                                                    Mask mask) {
-    return _mm512_maskz_loadu_epi16(mask, s);
-  }
-  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512i load_x(const bf16* s,
-                                                                                    Mask mask) {
-    return _mm512_maskz_loadu_epi16(mask, s);
-  }
-  __attribute__((target(PONDER_AVX512_BF16), always_inline)) static __m512 dot(__m512 acc,
-                                                                                __m512i w,
-                                                                                __m512i x) {
-    return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w), reinterpret_cast<__m512bh>(x));
-  }
-};
-
-// Lane j of the result is the sum of the lanes of a[j], j < 4: three hadds instead of four
-// full horizontal reductions.
-__attribute__((target(PONDER_AVX512), always_inline)) inline __m128 reduce4(__m512 a0, __m512 a1,
-                                                                            __m512 a2, __m512 a3) {
-  // By value: taking the accumulators' address would keep them in memory through the k loop.
-  const __m512 a[4] = {a0, a1, a2, a3};
-  __m256 h[4];
-  for (int j = 0; j < 4; ++j)
-    h[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]), _mm512_extractf32x8_ps(a[j], 1));
-  const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
-  return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
 
 // out[m0 + r, n0 + c] for r < kRows, c < kCols; x rows at xs (stride k).
 template <typename Dot, typename T, int kRows, int kCols>
@@ -241,14 +179,6 @@ void block_generic(const LinearParams& p, const float* xs, int64_t n0, int64_t n
     }
   }
 }
-
-bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
-
-bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
 
 template <typename Body>
 void for_each_task(const LinearParams& p, Body body) {

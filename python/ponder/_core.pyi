@@ -253,6 +253,11 @@ def rotary(q: object | None, k: object | None, cos: object | None, sin: object |
 def silu_and_mul(gate_up: object | None, out: object | None) -> None:
     """out = silu(gate) * up for gate_up = [gate | up]."""
 
+def prm_head(hidden: object | None, rows: object | None, w2: object | None, b2: object | None, w1: object | None, b1: object | None, out: object | None, workspace: object | None = None, stream: int = 0, simd: bool = True, bf16_dot: bool = True) -> None:
+    """
+    out[r] = score of hidden[rows[r]]: sigmoid (one class) or softmax(.)[1] (two) of w2 @ relu(w1 @ x + b1) + b2, or of w2 @ x + b2 without w1. workspace: CUDA with w1, float32 [len(rows) * w1.shape[0]]. simd / bf16_dot = False select the CPU's slower paths (for tests).
+    """
+
 class SearchNode:
     """One step of a search (read-only view)."""
 

@@ -16,7 +16,8 @@ import torch
 
 from ponder import _core
 
-__all__ = ["SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append", "sample"]
+__all__ = ["SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append", "prm_head",
+           "sample"]
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -37,7 +38,8 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
-def _check_range(t: torch.Tensor, name: str, low: int, high: int) -> None:
+def _check_range(t: torch.Tensor, name: str, low: int, high: int,
+                 error: type[Exception] = ValueError) -> None:
     """On CUDA the binding cannot read indices; check them here (one device sync)."""
     if t.numel() == 0:
         return
@@ -45,7 +47,7 @@ def _check_range(t: torch.Tensor, name: str, low: int, high: int) -> None:
     lo, hi = int(lo), int(hi)
     if lo < low or hi >= high:
         bad = lo if lo < low else hi
-        raise ValueError(f"{name} holds {bad}, outside [{low}, {high})")
+        raise error(f"{name} holds {bad}, outside [{low}, {high})")
 
 
 def paged_kv_append(
@@ -449,11 +451,94 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.silu(gate) * up
 
 
-def prm_head(hidden, rows, w2, b2=None, w1=None, b1=None):  # TEMPORARY torch version
-    x = hidden.index_select(0, rows).float()
-    if w1 is not None:
-        x = torch.relu(torch.nn.functional.linear(x, w1.float(), None if b1 is None else b1.float()))
-    logits = torch.nn.functional.linear(x, w2.float(), None if b2 is None else b2.float())
-    if logits.shape[1] == 1:
-        return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=-1)[:, 1]
+def prm_head(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None = None,
+    w1: torch.Tensor | None = None,
+    b1: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Process-reward scores of selected token rows of a packed forward, in one call.
+
+    For each ``r``, with ``x = hidden[rows[r]]``::
+
+        h = relu(x @ w1.T + b1)  if w1 is given, else x
+        logits = h @ w2.T + b2
+        out[r] = sigmoid(logits[0])            if w2 has 1 row  (a value head, e.g. Skywork)
+                 softmax(logits)[1]            if w2 has 2 rows (= sigmoid(l1 - l0))
+
+    Two rows cover Qwen2.5-Math-PRM's ``score`` head (``Linear(H, H), ReLU, Linear(H, 2)``:
+    pass both linears) and generative PRMs that read two LM-head rows: pass
+    ``lm_head.weight[[neg_id, pos_id]]`` as ``w2``. Products accumulate in fp32 and ``h``
+    stays fp32 between the layers (a bf16 transformers module rounds it to bf16 there), so the
+    result matches the head run in fp32 on the widened weights.
+
+    On the CPU the first layer's weight is read once for all rows (threads split its
+    outputs), so scoring many rows costs about as much memory traffic as scoring one.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        ``[num_tokens, hidden_size]``, float32, bfloat16 or float16: the last hidden states
+        (after the final norm). Rows may be strided (e.g. a slice of a larger buffer) and are
+        read in place; if the last dimension is not contiguous, ``hidden`` is first copied
+        with ``.contiguous()``.
+    rows : torch.Tensor
+        int64 ``[num_rows]``: the token rows to score, each in ``[0, num_tokens)`` (no
+        negative indexing); may repeat; ``num_rows`` may be 0.
+    w2 : torch.Tensor
+        ``[num_classes, inner_size]``, ``num_classes`` 1 or 2; ``inner_size`` is
+        ``w1.shape[0]``, or ``hidden_size`` without ``w1``. Same dtype as ``hidden``.
+    b2 : torch.Tensor, optional
+        ``[num_classes]``.
+    w1 : torch.Tensor, optional
+        ``[inner_size, hidden_size]``: a first layer, followed by ReLU.
+    b1 : torch.Tensor, optional
+        ``[inner_size]``, only with ``w1``.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[num_rows]`` on ``hidden``'s device, each in ``[0, 1]``.
+
+    Raises
+    ------
+    TypeError
+        An argument is not a tensor, or has the wrong dtype (weights must match ``hidden``,
+        ``rows`` must be int64).
+    ValueError
+        Wrong number of dimensions or shape, ``w2`` with other than 1 or 2 rows, ``b1``
+        without ``w1``, tensors on different devices, non-contiguous weights.
+    IndexError
+        A row index outside ``[0, num_tokens)``.
+
+    Examples
+    --------
+    >>> import torch, ponder.ops as ops
+    >>> hidden = torch.randn(10, 64)              # a packed forward of 10 tokens
+    >>> w1, b1 = torch.randn(64, 64) / 8, torch.zeros(64)
+    >>> w2 = torch.randn(2, 64) / 8               # Qwen-PRM-style 2-class head
+    >>> scores = ops.prm_head(hidden, torch.tensor([3, 9]), w2, w1=w1, b1=b1)
+    >>> want = torch.softmax(torch.relu(hidden[[3, 9]] @ w1.T + b1) @ w2.T, -1)[:, 1]
+    >>> bool(torch.allclose(scores, want, atol=1e-5))
+    True
+    """
+    for n, x in (("hidden", hidden), ("rows", rows), ("w2", w2)):
+        _tensor(x, n)
+    for n, x in (("b2", b2), ("w1", w1), ("b1", b1)):
+        if x is not None:
+            _tensor(x, n)
+    _same_device(hidden, "hidden", rows=rows, w2=w2, b2=b2, w1=w1, b1=b1)
+    if hidden.dim() == 2 and hidden.shape[1] > 1 and hidden.stride(1) != 1:
+        hidden = hidden.contiguous()
+    num_rows = rows.shape[0] if rows.dim() == 1 else 0
+    if hidden.is_cuda and hidden.dim() == 2 and rows.dim() == 1 and rows.dtype == torch.int64:
+        _check_range(rows, "rows", 0, hidden.shape[0], error=IndexError)
+    out = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
+    workspace = None
+    if hidden.is_cuda and w1 is not None and w1.dim() == 2:
+        workspace = torch.empty(num_rows * w1.shape[0], dtype=torch.float32, device=hidden.device)
+    _core.prm_head(hidden, rows, w2, b2, w1, b1, out, workspace=workspace,
+                   stream=_stream(hidden))
+    return out
