@@ -346,3 +346,15 @@ def test_cli_search_with_prm(tiny_policy, tiny_prms, capsys, tmp_path):
                      "--html", str(page)]) == 0
     err = capsys.readouterr().err
     assert "'prm_tokens'" in err and page.is_file()
+
+
+def test_prefix_cache_across_requests(tiny_prms):
+    """A second request on the same question takes the question's blocks from the PRM's
+    prefix cache: only its own text runs."""
+    sc = scorer(tiny_prms, "qwen")
+    sc.score(Q, [SOLUTIONS[0]])
+    first = sc.stats["tokens_run"]
+    assert sc.score(Q, [SOLUTIONS[1]])[0] == pytest.approx(
+        reference(tiny_prms, "qwen", Q, SOLUTIONS[1]), abs=TOL)
+    second = sc.stats["tokens_run"] - first
+    assert second <= first - 32
