@@ -40,11 +40,11 @@ def tiny_prms(smollm2_hf, tmp_path_factory):
     return out
 
 
-def scorer(tiny_prms, fmt, **kw):
+def scorer(tiny_prms, fmt, device="cpu", **kw):
     path = tiny_prms[fmt][0]
     kw.setdefault("kv_blocks", 256)
     return PrmScorer(path, None if fmt in ("qwen", "skywork") else fmt, torch.float32,
-                     torch.device("cpu"), **kw)
+                     torch.device(device), **kw)
 
 
 def reference(tiny_prms, fmt, question, steps):
@@ -57,8 +57,8 @@ def close(a, b, tol=TOL):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_batch_scores_equal_reference(tiny_prms, fmt):
-    sc = scorer(tiny_prms, fmt)
+def test_batch_scores_equal_reference(tiny_prms, fmt, device):
+    sc = scorer(tiny_prms, fmt, device)
     got = sc.score(Q, SOLUTIONS)
     for steps, scores in zip(SOLUTIONS, got):
         ref = reference(tiny_prms, fmt, Q, steps)
@@ -73,10 +73,10 @@ def test_batch_scores_equal_reference(tiny_prms, fmt):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_incremental_tree_equals_reference(tiny_prms, fmt):
+def test_incremental_tree_equals_reference(tiny_prms, fmt, device):
     """A small tree scored node by node (each child forking its parent's PRM KV), siblings
     in one batch, against a full re-score of each node's path."""
-    sc = scorer(tiny_prms, fmt)
+    sc = scorer(tiny_prms, fmt, device)
     root_steps = SOLUTIONS[0][:1]
     (a,) = sc.score_paths([(None, Q, root_steps)])
     kids = sc.score_paths([(a, Q, root_steps + [s]) for s in
