@@ -192,7 +192,8 @@ def test_search_tree_scores_equal_reference(engines, tiny_prms, smollm2_hf, fmt,
     eng = engines(fmt, policy=policy)
     res = eng.search(Q, small(ponder.BeamSearch, n=4, width=2))
     assert check_tree(tiny_prms, fmt, res) >= 4
-    assert res.stats["prm_tokens"] > 0
+    nodes = json.loads(res.tree.to_json())["nodes"]
+    assert res.stats["prm_tokens"] == sum(n["prm_tokens"] for n in nodes) > 0
     full = engines(fmt, incremental=False, policy=policy).search(
         Q, small(ponder.BeamSearch, n=4, width=2))
     # The same search with every text re-scored whole: same tree, same choice.

@@ -29,6 +29,7 @@ class SearchRun:
         # per node), else the policy's own confidence.
         self.prm = engine.prm if verifier is None else None
         self.prm_nodes: dict = {}                  # node -> ponder.prm.PrmNode
+        self.prm_tokens: dict[int, int] = {}       # node -> PRM tokens its scoring ran
         self.to_score: list[int] = []
         self.children: list[int] = []
         self.answer_fn = answer_fn or extract_answer
@@ -140,6 +141,7 @@ class SearchRun:
             self.prm_nodes[c] = node
             self.tree.set_path_scores(c, node.scores)
             self.stats["prm_tokens"] += node.tokens_run
+            self.prm_tokens[c] = node.tokens_run
         self.stats["score_steps"] += len(prm_nodes)
 
     def after_scores(self) -> None:
@@ -213,6 +215,7 @@ class SearchRun:
             out.append({"id": n.id, "parent": n.parent, "children": list(n.children),
                         "depth": n.depth, "text": self.node_text.get(i, ""),
                         "num_tokens": n.num_tokens, "logprob_sum": n.logprob_sum,
+                        "prm_tokens": self.prm_tokens.get(i, 0),
                         "finished": n.finished, "score": n.score,
                         "path_scores": list(n.path_scores), "answer": n.answer,
                         "visits": n.visits, "value": n.value_sum / n.visits if n.visits else 0.0,

@@ -57,6 +57,7 @@ def _render_html(view: SearchTreeView) -> str:
         meta = "" if nid == 0 else (
             f"<span class=meta>#{nid} score {n['score']:.3f} · {n['num_tokens']} tok · "
             f"logp {n['logprob_sum']:.2f}" + (f" · visits {n['visits']}" if n["visits"] else "")
+            + (f" · {n['prm_tokens']} PRM tok" if n.get("prm_tokens") else "")
             + (f" · answer <b>{html.escape(n['answer'])}</b>" if n["answer"] else "") + "</span>")
         kids = "".join(render(c) for c in n["children"])
         body = f"<details open><summary class='{cls}'>{meta}<pre>{label}</pre></summary>"
