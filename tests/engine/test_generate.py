@@ -154,6 +154,6 @@ def test_bad_inputs(llama):
         eng.add_request([5], sampling={"max_tokens": 3})
     with pytest.raises(ValueError, match="dtype"):
         ponder.Engine(path, dtype="int8")
-    with pytest.raises(NotImplementedError, match="prm"):
+    with pytest.raises(FileNotFoundError, match="'x' does not exist"):
         ponder.Engine(path, prm="x")
     assert eng.kv.stats()["used"] == 0
