@@ -253,6 +253,21 @@ def rotary(q: object | None, k: object | None, cos: object | None, sin: object |
 def silu_and_mul(gate_up: object | None, out: object | None) -> None:
     """out = silu(gate) * up for gate_up = [gate | up]."""
 
+class DecodeLayers:
+    """
+    A Llama-family decoder stack for decode steps on the CPU: weights checked once, one call per step (see ponder.ops.DecodeLayers).
+    """
+
+    def __init__(self, layers: object, final_norm: object | None, eps: float, scale: float, num_heads: int, num_kv_heads: int, head_dim: int) -> None: ...
+
+    def forward(self, x: object | None, out: object | None, cos: object | None, sin: object | None, positions: object | None, slot_mapping: object | None, block_tables: object | None, seq_lens: object | None, k_caches: object, v_caches: object) -> None:
+        """
+        out = final_norm(layers(x)) for one decode token per sequence; writes each token's K/V into the caches.
+        """
+
+    @property
+    def num_layers(self) -> int: ...
+
 class SearchNode:
     """One step of a search (read-only view)."""
 
