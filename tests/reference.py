@@ -127,3 +127,49 @@ def ref_prm_head(hidden, rows, w2, b2=None, w1=None, b1=None):
     if w2.shape[0] == 1:
         return torch.sigmoid(logits[:, 0])
     return torch.softmax(logits, dim=-1)[:, 1]
+def ref_rms_norm(x, weight, eps):
+    """transformers' LlamaRMSNorm: fp32 statistics, rounded to the input dtype, then scaled."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def ref_rotary(x, cos, sin, positions):
+    """Rotate-half rotary embedding of x [num_tokens, heads, head_dim]."""
+    c, s = cos[positions][:, None, :], sin[positions][:, None, :]
+    half = x.shape[-1] // 2
+    return x * c + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * s
+
+
+def ref_decode_layers(layers, final_norm, eps, scale, num_heads, num_kv_heads, head_dim, x,
+                      cos, sin, positions, slot_mapping, block_tables, seq_lens, k_caches,
+                      v_caches):
+    """A Llama-family decoder stack on one decode token per sequence, op by op in torch, as
+    transformers' LlamaDecoderLayer computes it. Returns (hidden, new k caches, new v caches);
+    the caches passed in are not modified. layers: per layer the 12 entries that
+    ponder.ops.DecodeLayers takes."""
+    k_caches = [c.clone() for c in k_caches]
+    v_caches = [c.clone() for c in v_caches]
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    lin = torch.nn.functional.linear
+    h = x
+    for i, (in_norm, qkv_w, qkv_b, q_norm, k_norm, o_w, o_b, post_norm, gu_w, gu_b, down_w,
+            down_b) in enumerate(layers):
+        residual = h
+        qkv = lin(ref_rms_norm(h, in_norm, eps), qkv_w, qkv_b)
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.reshape(-1, num_heads, head_dim)
+        k = k.reshape(-1, num_kv_heads, head_dim)
+        v = v.reshape(-1, num_kv_heads, head_dim)
+        if q_norm is not None:
+            q, k = ref_rms_norm(q, q_norm, eps), ref_rms_norm(k, k_norm, eps)
+        q, k = ref_rotary(q, cos, sin, positions), ref_rotary(k, cos, sin, positions)
+        k_caches[i], v_caches[i] = ref_paged_kv_append(k, v, k_caches[i], v_caches[i],
+                                                       slot_mapping)
+        attn = ref_paged_attention(q, k_caches[i], v_caches[i], block_tables, seq_lens,
+                                   scale=scale).to(x.dtype)
+        h = residual + lin(attn.reshape(-1, q_size), o_w, o_b)
+        residual = h
+        gate, up = lin(ref_rms_norm(h, post_norm, eps), gu_w, gu_b).chunk(2, dim=-1)
+        h = residual + lin(torch.nn.functional.silu(gate) * up, down_w, down_b)
+    return ref_rms_norm(h, final_norm, eps), k_caches, v_caches

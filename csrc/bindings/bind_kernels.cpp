@@ -225,26 +225,6 @@ void paged_attention(nb::handle query_obj, nb::handle k_cache_obj, nb::handle v_
   check_status(cpu::paged_attention(p), "paged_attention");
 }
 
-// A snapshot of a sequence of tensors. The tuple holds a reference to each tensor, whose
-// imported views have no owner, while the kernel runs without the GIL.
-nb::tuple tensor_sequence(nb::handle obj, const char* name) {
-  if (!PySequence_Check(obj.ptr()) || nb::isinstance<nb::str>(obj) ||
-      nb::isinstance<nb::bytes>(obj))
-    fail_type(std::string(name) + " must be a sequence of tensors, got " +
-              nb::type_name(obj.type()).c_str());
-  PyObject* items = PySequence_Tuple(obj.ptr());
-  if (!items) throw nb::python_error();
-  return nb::steal<nb::tuple>(items);
-}
-
-std::vector<Array> import_tensors(const nb::tuple& items, const char* name) {
-  std::vector<Array> arrays;
-  arrays.reserve(items.size());
-  for (size_t i = 0; i < items.size(); ++i)
-    arrays.push_back(import_tensor(items[i], (name + ("[" + std::to_string(i) + "]")).c_str()));
-  return arrays;
-}
-
 void copy_blocks(nb::handle k_caches_obj, nb::handle v_caches_obj, nb::handle src_obj,
                  nb::handle dst_obj, uintptr_t stream) {
   const nb::tuple k_items = tensor_sequence(k_caches_obj, "k_caches");

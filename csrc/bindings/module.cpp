@@ -16,6 +16,7 @@ void bind_search(nb::module_& m);
 void bind_linear(nb::module_& m);
 void bind_layer_ops(nb::module_& m);
 void bind_prm(nb::module_& m);
+void bind_decode_layers(nb::module_& m);
 void bind_tree(nb::module_& m);
 void bind_strategy_beam(nb::module_& m);
 void bind_strategy_particle(nb::module_& m);
@@ -48,6 +49,7 @@ NB_MODULE(_core, m) {
   ponder::bindings::bind_linear(m);
   ponder::bindings::bind_layer_ops(m);
   ponder::bindings::bind_prm(m);
+  ponder::bindings::bind_decode_layers(m);
   ponder::bindings::bind_tree(m);
   ponder::bindings::bind_strategy_beam(m);
   ponder::bindings::bind_strategy_particle(m);

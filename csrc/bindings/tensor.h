@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "checks.h"
 
@@ -170,6 +171,26 @@ inline const char* tensor_import_path(nb::handle obj) {
     PyErr_Clear();
   }
   return detail::import_with_nanobind(obj) ? "dlpack" : "none";
+}
+
+// A snapshot of a sequence of tensors. The tuple holds a reference to each tensor, whose
+// imported views have no owner, while the kernel runs without the GIL.
+inline nb::tuple tensor_sequence(nb::handle obj, const char* name) {
+  if (!PySequence_Check(obj.ptr()) || nb::isinstance<nb::str>(obj) ||
+      nb::isinstance<nb::bytes>(obj))
+    fail_type(std::string(name) + " must be a sequence of tensors, got " +
+              nb::type_name(obj.type()).c_str());
+  PyObject* items = PySequence_Tuple(obj.ptr());
+  if (!items) throw nb::python_error();
+  return nb::steal<nb::tuple>(items);
+}
+
+inline std::vector<Array> import_tensors(const nb::tuple& items, const char* name) {
+  std::vector<Array> arrays;
+  arrays.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i)
+    arrays.push_back(import_tensor(items[i], (name + ("[" + std::to_string(i) + "]")).c_str()));
+  return arrays;
 }
 
 }  // namespace ponder::bindings

@@ -8,6 +8,8 @@
 // grows with the context. The hot loop is compiled for AVX-512 and AVX2 and picked at run time.
 #include "ponder/paged_attention.h"
 
+#include "ponder/cpu_math.h"
+
 #include <omp.h>
 
 #include <immintrin.h>
@@ -23,7 +25,7 @@ namespace {
 
 constexpr int64_t kQueryTile = 16;  // query tokens per task in extend (prefill) mode
 constexpr int64_t kMaxBlockSize = 256;
-constexpr int64_t kParallelMinBytes = 512 * 1024;  // K/V bytes read below which one thread runs
+constexpr int64_t kParallelMinBytes = 64 * 1024;  // K/V bytes read below which one thread runs
 
 struct Scratch {
   std::vector<float> q;    // [rows, head_dim], pre-scaled
@@ -37,26 +39,6 @@ Scratch& scratch() {
   // Grows to the largest shape seen and is then reused: no allocation per call.
   thread_local Scratch s;
   return s;
-}
-
-// exp for the softmax: Cephes' expf polynomial (about 1 ulp on the reduced range), written
-// so that loops over it vectorize; libm's expf would be a scalar call per score.
-__attribute__((always_inline)) inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return y * scale;
 }
 
 template <typename T>

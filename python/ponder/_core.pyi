@@ -258,6 +258,21 @@ def prm_head(hidden: object | None, rows: object | None, w2: object | None, b2: 
     out[r] = score of hidden[rows[r]]: sigmoid (one class) or softmax(.)[1] (two) of w2 @ relu(w1 @ x + b1) + b2, or of w2 @ x + b2 without w1. workspace: CUDA with w1, float32 [len(rows) * w1.shape[0]]. simd / bf16_dot = False select the CPU's slower paths (for tests).
     """
 
+class DecodeLayers:
+    """
+    A Llama-family decoder stack for decode steps on the CPU: weights checked once, one call per step (see ponder.ops.DecodeLayers).
+    """
+
+    def __init__(self, layers: object, final_norm: object | None, eps: float, scale: float, num_heads: int, num_kv_heads: int, head_dim: int) -> None: ...
+
+    def forward(self, x: object | None, out: object | None, cos: object | None, sin: object | None, positions: object | None, slot_mapping: object | None, block_tables: object | None, seq_lens: object | None, k_caches: object, v_caches: object) -> None:
+        """
+        out = final_norm(layers(x)) for one decode token per sequence; writes each token's K/V into the caches.
+        """
+
+    @property
+    def num_layers(self) -> int: ...
+
 class SearchNode:
     """One step of a search (read-only view)."""
 

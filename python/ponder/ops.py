@@ -16,8 +16,8 @@ import torch
 
 from ponder import _core
 
-__all__ = ["SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append", "prm_head",
-           "sample"]
+__all__ = ["DecodeLayers", "SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append",
+           "prm_head", "sample"]
 
 
 def _tensor(x, name: str) -> torch.Tensor:
@@ -542,3 +542,83 @@ def prm_head(
     _core.prm_head(hidden, rows, w2, b2, w1, b1, out, workspace=workspace,
                    stream=_stream(hidden))
     return out
+
+
+class DecodeLayers:
+    """A Llama-family decoder stack run in one call per decode step (CPU).
+
+    Per layer: RMSNorm (adding the previous layer's output to the residual stream first),
+    the fused qkv projection, optional per-head q/k RMSNorm (Qwen3), rotary, KV append,
+    paged attention, o projection, RMSNorm (+ residual), gate/up projection, SiLU-and-mul,
+    down projection; then the final RMSNorm. It runs the kernels of :func:`rms_norm`,
+    :func:`linear`, :func:`rotary`, :func:`paged_kv_append`, :func:`paged_attention` and
+    :func:`silu_and_mul` in that order on reused scratch buffers, so its output is bitwise
+    that of calling them one by one, without the per-call overhead. The weights are checked
+    once here and kept alive by this object.
+
+    Parameters
+    ----------
+    layers : sequence of sequences
+        Per layer, 12 entries, a tensor or ``None`` where marked optional:
+        ``input_norm`` ``[hidden]``, ``qkv`` ``[(num_heads + 2 * num_kv_heads) * head_dim,
+        hidden]`` (q rows, then k, then v), ``qkv_bias`` (optional), ``q_norm``, ``k_norm``
+        ``[head_dim]`` (optional, together), ``o`` ``[hidden, num_heads * head_dim]``,
+        ``o_bias`` (optional), ``post_norm`` ``[hidden]``, ``gate_up`` ``[2 * inter, hidden]``
+        (gate rows, then up), ``gate_up_bias`` (optional), ``down`` ``[hidden, inter]``,
+        ``down_bias`` (optional). All contiguous CPU tensors of one float dtype.
+    final_norm : torch.Tensor
+        ``[hidden]``.
+    eps : float
+        RMSNorm epsilon.
+    scale : float
+        Softmax scale of attention.
+    num_heads, num_kv_heads, head_dim : int
+
+    Examples
+    --------
+    See ``tests/kernels/test_decode_layers.py``; :class:`ponder.models.llama.CausalLM` builds
+    one from its modules for CPU decode steps.
+    """
+
+    MAX_TOKENS = _core.LINEAR_MAX_ROWS
+
+    def __init__(self, layers, final_norm: torch.Tensor, eps: float, scale: float,
+                 num_heads: int, num_kv_heads: int, head_dim: int):
+        self._impl = _core.DecodeLayers(layers, final_norm, float(eps), float(scale),
+                                        num_heads, num_kv_heads, head_dim)
+        self.num_layers = self._impl.num_layers
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 positions: torch.Tensor, slot_mapping: torch.Tensor,
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                 k_caches: Sequence[torch.Tensor], v_caches: Sequence[torch.Tensor],
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """Runs the stack on one decode token per sequence; writes each token's K/V.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            ``[num_tokens, hidden]`` token embeddings, ``num_tokens <= MAX_TOKENS`` (16).
+        cos, sin : torch.Tensor
+            ``[max_positions, head_dim]`` rotary tables.
+        positions, slot_mapping : torch.Tensor
+            int64 ``[num_tokens]``: each token's position and KV slot (``-1``: not written).
+        block_tables : torch.Tensor
+            int32 ``[num_tokens, max_blocks_per_seq]``, one row per sequence.
+        seq_lens : torch.Tensor
+            int32 ``[num_tokens]``: each sequence's length with its new token.
+        k_caches, v_caches : sequence of torch.Tensor
+            One ``[num_blocks, block_size, num_kv_heads, head_dim]`` cache per layer.
+        out : torch.Tensor, optional
+            ``[num_tokens, hidden]`` output buffer.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[num_tokens, hidden]``: the final-norm hidden states.
+        """
+        if out is None:
+            out = torch.empty_like(_tensor(x, "x"))
+        self._impl.forward(x, out, cos, sin, positions, slot_mapping, block_tables, seq_lens,
+                           k_caches, v_caches)
+        return out

@@ -43,9 +43,11 @@ template <>
 inline bf16 from_f32<bf16>(float x) {
   uint32_t u;
   std::memcpy(&u, &x, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16{static_cast<uint16_t>(u >> 16)};
+  // NaN stays a (quiet) NaN; everything else rounds to nearest even. A select, not a branch,
+  // so that loops over it vectorize.
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return bf16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded)};
 }
 template <>
 inline _Float16 from_f32<_Float16>(float x) { return static_cast<_Float16>(x); }

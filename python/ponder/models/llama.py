@@ -122,6 +122,10 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("inv_freq", cfg.inv_freq(), persistent=False)
         self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # CPU decode steps run the whole layer stack in one call (ops.DecodeLayers), built
+        # from the parameters on first use; False forces the per-op path (tests compare them).
+        self.fused_decode = True
+        self._decode_layers: tuple[torch.Tensor, ops.DecodeLayers] | None = None
         self.requires_grad_(False)
 
     def rope_tables(self, max_positions: int):
@@ -137,10 +141,48 @@ class CausalLM(nn.Module):
             self._rope_cache = cache = (emb.cos().to(dtype), emb.sin().to(dtype))
         return cache
 
+    def _apply(self, *args, **kwargs):
+        self._decode_layers = None  # .to() and friends may move or convert the weights
+        return super()._apply(*args, **kwargs)
+
+    def decode_layers(self) -> ops.DecodeLayers:
+        """The layer stack as one ops.DecodeLayers over the current parameters."""
+        cached = self._decode_layers
+        # Loading weights replaces every parameter, the final norm's among them.
+        if cached is None or cached[0] is not self.norm.weight:
+            cfg = self.config
+
+            def t(p):  # detached: the stack keeps the storage alive even if .data is swapped
+                return None if p is None else p.detach()
+
+            layers = []
+            for layer in self.layers:
+                a, m = layer.self_attn, layer.mlp
+                layers.append([t(p) for p in (
+                    layer.input_layernorm.weight, a.qkv_proj.weight, a.qkv_proj.bias,
+                    a.q_norm.weight if a.q_norm is not None else None,
+                    a.k_norm.weight if a.k_norm is not None else None,
+                    a.o_proj.weight, a.o_proj.bias, layer.post_attention_layernorm.weight,
+                    m.gate_up_proj.weight, m.gate_up_proj.bias, m.down_proj.weight,
+                    m.down_proj.bias)])
+            stack = ops.DecodeLayers(layers, t(self.norm.weight), cfg.rms_norm_eps,
+                                     self.layers[0].self_attn.scale, cfg.num_heads,
+                                     cfg.num_kv_heads, cfg.head_dim)
+            self._decode_layers = cached = (self.norm.weight, stack)
+        return cached[1]
+
+    def _fused_decode_applies(self, x: torch.Tensor, meta: AttentionMetadata) -> bool:
+        return (self.fused_decode and x.device.type == "cpu" and meta.cu_query_lens is None
+                and 0 < x.shape[0] <= ops.DecodeLayers.MAX_TOKENS)
+
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_caches):
         """The final-norm hidden states [num_tokens, hidden]."""
         x = self.embed_tokens(input_ids)
         cos, sin = self.rope_tables(max(meta.max_seq_len, 1))
+        if self._fused_decode_applies(x, meta):
+            return self.decode_layers()(x, cos, sin, positions, meta.slot_mapping,
+                                        meta.block_tables, meta.seq_lens,
+                                        [k for k, _ in kv_caches], [v for _, v in kv_caches])
         rope = (cos, sin, positions)
         residual = None
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
