@@ -6,7 +6,8 @@ one-step additions, a few two-step problems), so a verifier-guided search can li
 above greedy decoding. The verifier is an exact step checker: it recomputes every
 "a op b = c" written in a step (a wrong equation scores 0) and, at the final step, compares
 the answer with the problem's true answer: an oracle process reward model, as a math
-checker would be for arithmetic.
+checker would be for arithmetic. A last run guides the particle filter by a process reward
+model instead (``--prm``; by default SmolLM2 asked about each of its own steps).
 """
 
 from __future__ import annotations
@@ -162,12 +163,17 @@ def main(argv=None) -> int:
                args.prm_format)
     print(f"\nSmolLM2-135M-Instruct, {args.problems} arithmetic word problems, n={args.n}, "
           f"exact step checker as verifier (PRM row: the PRM instead)")
-    head = f"{'strategy':<18}{'accuracy':>10}{'tokens':>10}{'seconds':>10}{'tok/s':>9}"
+    head = f"{'strategy':<24}{'accuracy':>10}{'tokens':>10}{'seconds':>10}{'tok/s':>9}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['strategy']:<18}{r['correct']:>5}/{r['total']:<4}{r['tokens']:>10}"
+        print(f"{r['strategy']:<24}{r['correct']:>5}/{r['total']:<4}{r['tokens']:>10}"
               f"{r['seconds']:>10.1f}{r['tokens'] / max(r['seconds'], 1e-9):>9.1f}")
+    if prm == "self":
+        print("\nThe PRM row asks SmolLM2-135M itself whether each step is correct (Ought ICE's "
+              "prompt): a model this small\ncannot tell right steps from wrong ones (P(Yes) is "
+              "about 0.79 for both), so that row shows the cost of\nincremental PRM scoring, not "
+              "a gain; pass --prm PATH [--prm-format F] for a real PRM.")
     if args.html:
         print(f"\nsearch tree written to {args.html}")
     return 0
