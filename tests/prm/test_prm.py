@@ -359,3 +359,20 @@ def test_prefix_cache_across_requests(tiny_prms):
         reference(tiny_prms, "qwen", Q, SOLUTIONS[1]), abs=TOL)
     second = sc.stats["tokens_run"] - first
     assert second <= first - 32
+
+
+def test_a_failing_prm_search_does_not_stall_the_others(engines):
+    """A question whose PRM text overflows the PRM's context fails alone: its search ends
+    with the error, the search batched with it finishes, and no KV block leaks."""
+    eng = engines("qwen")
+    ok = eng.add_request(Q, small(ponder.BeamSearch, n=4, width=2))
+    long_q = "count " * 960  # fits the policy (1024 positions), not the PRM text
+    bad = eng.add_request(long_q, small(ponder.BeamSearch, n=2, width=2))
+    with pytest.raises(ValueError, match="PRM's context holds"):
+        while eng.has_unfinished():
+            eng.step()
+    assert bad not in eng._requests
+    while eng.has_unfinished():
+        eng.step()
+    assert eng.output(ok).best is not None
+    assert not eng.prm.kv.sequence_ids() and not eng.kv.sequence_ids()

@@ -441,15 +441,33 @@ class Engine:
         then lets each search go on."""
         runs, self._score_queue = self._score_queue, []
         prm_runs = [r for r in runs if r.prm is not None and r.to_score]
+        failed: list[tuple[SearchRun, Exception]] = []
         if prm_runs:
             jobs = [r.prm_jobs() for r in prm_runs]
-            nodes = self.prm.score_paths([j for js in jobs for j in js])
-            at = 0
-            for r, js in zip(prm_runs, jobs):
-                r.set_prm_scores(nodes[at:at + len(js)])
-                at += len(js)
+            try:
+                nodes = self.prm.score_paths([j for js in jobs for j in js])
+            except (ValueError, RuntimeError):
+                nodes = None  # find the search at fault; the others go on
+            if nodes is not None:
+                at = 0
+                for r, js in zip(prm_runs, jobs):
+                    r.set_prm_scores(nodes[at:at + len(js)])
+                    at += len(js)
+            else:
+                for r, js in zip(prm_runs, jobs):
+                    try:
+                        r.set_prm_scores(self.prm.score_paths(js))
+                    except (ValueError, RuntimeError) as e:
+                        failed.append((r, e))
         for r in runs:
-            r.after_scores()
+            if not any(r is f for f, _ in failed):
+                r.after_scores()
+        if failed:
+            # The failing searches end (their KV freed); the error reaches the caller.
+            for r, _ in failed:
+                if r.req.id in self._requests:
+                    self.abort(r.req.id)
+            raise failed[0][1]
 
     def _start_ready_searches(self) -> bool:
         """Searches whose prompt KV is complete start their first round."""

@@ -154,6 +154,7 @@ class PrmScorer:
         Returns one PrmNode per job; with keep, each holds its KV for its children until
         release()."""
         t0 = time.perf_counter()
+        keep = keep and self.incremental  # whole-text scoring never forks a node's KV
         fmt = self.format
         nodes: list[PrmNode] = []
         items: list[_Item] = []
