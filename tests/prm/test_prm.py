@@ -98,16 +98,18 @@ def test_incremental_tree_equals_reference(tiny_prms, fmt, device):
 
 
 def test_full_mode_runs_whole_texts(tiny_prms):
-    inc, full = scorer(tiny_prms, "qwen"), scorer(tiny_prms, "qwen", incremental=False)
-    for s in (inc, full):
+    second = {}
+    for mode in ("incremental", "full"):
+        s = scorer(tiny_prms, "qwen", incremental=mode == "incremental")
         (a,) = s.score_paths([(None, Q, SOLUTIONS[0][:1])])
         (b,) = s.score_paths([(a, Q, SOLUTIONS[0][:2])])
         s.release(a)
         s.release(b)
-        s.b = b
-    assert close(inc.b.scores, full.b.scores, 1e-6)
-    assert full.b.tokens_run == len(full.b.ids)
-    assert inc.b.tokens_run < len(inc.b.ids) // 3
+        second[mode] = b
+    inc, full = second["incremental"], second["full"]
+    assert close(inc.scores, full.scores, 1e-6)
+    assert full.tokens_run == len(full.ids)
+    assert inc.tokens_run < len(inc.ids) // 3
 
 
 def test_small_pool_evicts_and_stays_exact(tiny_prms):

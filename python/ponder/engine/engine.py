@@ -165,7 +165,7 @@ class Engine:
     def max_context(self) -> int:
         """Tokens a sequence can hold: the model's positions or the KV pool, whichever ends
         first."""
-        return min(self.config.max_position_embeddings, self.runner.num_blocks * self.block_size)
+        return self.runner.max_context
 
     def _check_length(self, ids: list[int], what: str) -> None:
         if len(ids) >= self.max_context:

@@ -67,6 +67,12 @@ class ModelRunner:
         self.k_caches = [k for k, _ in self.kv_caches]
         self.v_caches = [v for _, v in self.kv_caches]
 
+    @property
+    def max_context(self) -> int:
+        """Tokens a sequence can hold: the model's positions or the KV pool, whichever ends
+        first."""
+        return min(self.config.max_position_embeddings, self.num_blocks * self.block_size)
+
     def _blocks_for_memory(self, fraction: float) -> int:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)

@@ -58,6 +58,10 @@ class PrmFormat:
 
     def _at_chars(self, text: str, chars: list[int], add_special_tokens: bool) -> Encoded:
         """Tokenizes text; the scored token of each step is the one covering its char."""
+        return self._at_chars_offsets(text, chars, add_special_tokens)[0]
+
+    def _at_chars_offsets(self, text: str, chars: list[int], add_special_tokens: bool):
+        """_at_chars and the (start, end) character span of every token of the whole text."""
         ids, offsets = self.tok.encode_offsets(text, add_special_tokens=add_special_tokens)
         starts = [s if e > s else -1 for s, e in offsets]  # added specials may have (0, 0)
         positions = []
@@ -68,7 +72,7 @@ class PrmFormat:
             if i < 0:
                 raise ValueError(f"the {self.name} scoring text has no token at character {c}")
             positions.append(i)
-        return Encoded(ids[:positions[-1] + 1], positions)
+        return Encoded(ids[:positions[-1] + 1], positions), offsets
 
 
 def _check_steps(steps) -> list[str]:
@@ -178,8 +182,7 @@ class RLHFlowFormat(PrmFormat):
             if text[c + 1:c + 2] != "+":
                 raise ValueError("the PRM chat template does not render assistant turns after "
                                  "its generation prompt (format rlhflow)")
-        enc = self._at_chars(text, chars, add_special_tokens=False)
-        ids, offsets = self.tok.encode_offsets(text, add_special_tokens=False)
+        enc, offsets = self._at_chars_offsets(text, chars, add_special_tokens=False)
         for p, c in zip(enc.positions, chars):
             if p + 1 >= len(offsets) or offsets[p + 1][0] != c + 1:
                 raise ValueError("the PRM tokenizer merges the assistant's '+' with the text "

@@ -53,17 +53,11 @@ class _Item:
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
-    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
 
 
 class PrmScorer:
@@ -158,8 +152,7 @@ class PrmScorer:
         fmt = self.format
         nodes: list[PrmNode] = []
         items: list[_Item] = []
-        limit = min(self.config.max_position_embeddings,
-                    self.runner.num_blocks * self.runner.block_size)
+        limit = self.runner.max_context
         for parent, question, steps in jobs:
             enc = fmt.encode(question, steps)
             if len(enc.ids) > limit:
