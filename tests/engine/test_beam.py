@@ -46,6 +46,26 @@ def test_matches_transformers(tiny, width, length_penalty, early_stopping):
     assert eng.kv.stats()["used"] == 0  # every beam's blocks were returned
 
 
+@pytest.mark.parametrize("min_tokens", [5, 12])
+def test_min_tokens_matches_transformers(tiny, min_tokens):
+    model, eng = tiny
+    prompt = [7, 99, 14, 3, 56, 120, 8]
+    beams = eng.beam_search(prompt, width=4, max_tokens=12, num_return=4, min_tokens=min_tokens)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt]), num_beams=4, do_sample=False,
+                             max_new_tokens=12, min_new_tokens=min_tokens,
+                             num_return_sequences=4, eos_token_id=EOS, pad_token_id=0,
+                             output_scores=True, return_dict_in_generate=True)
+    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores):
+        want = seq[len(prompt):].tolist()
+        if EOS in want:
+            want = want[:want.index(EOS) + 1]
+        assert b.token_ids == want
+        assert b.score == pytest.approx(float(score), rel=1e-4, abs=1e-5)
+        assert EOS not in b.token_ids[:min_tokens]
+    assert eng.kv.stats()["used"] == 0
+
+
 def test_some_beams_end_with_eos(tiny):
     _, eng = tiny
     beams = eng.beam_search([7, 99, 14, 3, 56, 120, 8], width=4, max_tokens=12, num_return=4)
@@ -56,7 +76,8 @@ def test_bad_arguments(tiny):
     _, eng = tiny
     for kwargs, name in ((dict(width=0), "width"), (dict(max_tokens=0), "max_tokens"),
                          (dict(num_return=5), "num_return"),
-                         (dict(early_stopping="sometimes"), "early_stopping")):
+                         (dict(early_stopping="sometimes"), "early_stopping"),
+                         (dict(min_tokens=-1), "min_tokens")):
         args = dict(width=4, max_tokens=4) | kwargs
         with pytest.raises(ValueError, match=name):
             eng.beam_search([5, 6], **args)

@@ -616,10 +616,12 @@ class Engine:
     @torch.inference_mode()
     def beam_search(self, prompt, width: int, max_tokens: int, length_penalty: float = 1.0,
                     early_stopping: bool | str = False, num_return: int = 1,
-                    chat: bool = True) -> list[BeamOutput]:
+                    chat: bool = True, min_tokens: int = 0) -> list[BeamOutput]:
         """Token-level beam search, equal to transformers' ``generate(num_beams=width,
         do_sample=False)``. The beam bookkeeping runs in the C++ core; each running beam is a
-        KV sequence forked from its parent (shared blocks, copy-on-write). Best first."""
+        KV sequence forked from its parent (shared blocks, copy-on-write). Best first.
+        min_tokens: EOS is barred until this many tokens are generated (transformers'
+        ``min_new_tokens``: its log-probability is set to -inf, the rest not renormalized)."""
         if not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be an int >= 1, got {width!r}")
         if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -629,6 +631,8 @@ class Engine:
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got "
                              f"{early_stopping!r}")
+        if not isinstance(min_tokens, int) or min_tokens < 0:
+            raise ValueError(f"min_tokens must be an int >= 0, got {min_tokens!r}")
         _, ids = self._prompt_ids(prompt, chat)
         self._check_length(ids, "prompt")
         max_tokens = min(max_tokens, self.max_context - len(ids))
@@ -652,6 +656,8 @@ class Engine:
                 logits = self.runner.execute([sc for _, sc in batch])
                 self.stats["forward_passes"] += 1
                 logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+                if len(beams[0].tokens) - len(ids) < min_tokens:
+                    logprobs[:, self.eos_token_ids] = -np.inf
                 parents, tokens = search.step(logprobs)
                 if search.done:
                     break
