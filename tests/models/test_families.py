@@ -149,3 +149,30 @@ def test_sharded_checkpoint(tmp_path):
     with torch.no_grad():
         ref = model(torch.tensor([toks])).logits[0, -1]
     torch.testing.assert_close(out[0], ref, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_weights_in_one_arena_in_decode_order(tmp_path, family, dtype):
+    """CPU weights sit back to back in one 64-byte-aligned arena in the order a decode step
+    reads them (the LM head last), each equal to the checkpoint tensor converted to dtype."""
+    model = make_model(family)
+    path = save(model, tmp_path / family)
+    runner = ModelRunner(load_checkpoint(path), dtype, torch.device("cpu"), 8)
+    ours = runner.model
+    params = list(ours.named_parameters(remove_duplicate=False))
+    assert len({p.untyped_storage().data_ptr() for _, p in params}) == 1
+    assert all(p.data_ptr() % 64 == 0 for _, p in params)
+    a, hf_a = ours.layers[1].self_attn, model.model.layers[1].self_attn
+    order = [ours.layers[0].input_layernorm.weight, ours.layers[0].self_attn.qkv_proj.weight,
+             ours.layers[0].self_attn.o_proj.weight, ours.layers[0].mlp.gate_up_proj.weight,
+             ours.layers[0].mlp.down_proj.weight, a.qkv_proj.weight, ours.norm.weight,
+             ours.lm_head.weight]
+    ptrs = [p.data_ptr() for p in order]
+    assert ptrs == sorted(ptrs) and len(set(ptrs)) == len(ptrs)
+    if model.config.tie_word_embeddings:
+        assert ours.lm_head.weight is ours.embed_tokens.weight
+    want = torch.cat([hf_a.q_proj.weight, hf_a.k_proj.weight, hf_a.v_proj.weight]).to(dtype)
+    assert torch.equal(a.qkv_proj.weight, want)
+    assert torch.equal(ours.embed_tokens.weight, model.model.embed_tokens.weight.to(dtype))
+    assert torch.equal(ours.lm_head.weight, model.lm_head.weight.to(dtype))
