@@ -29,10 +29,14 @@ _PROBE: torch.Tensor | None = None
 
 
 def read_bandwidth_gbs() -> float:
-    """Best of a few full reads of a 512 MB buffer (16x the L3), each with all threads."""
+    """Best of a few full reads of a 512 MB buffer (16x the L3), each with all threads. The
+    buffer sits on transparent huge pages like ponder's weights (a higher, stricter rate than
+    torch's own allocations give)."""
     global _PROBE
     if _PROBE is None:
-        _PROBE = torch.ones(128 * 1024 * 1024)
+        from ponder.models.llama import huge_page_buffer
+
+        _PROBE = huge_page_buffer(512 * 1024 * 1024).view(torch.float32).fill_(1.0)
     x = _PROBE
     best = float("inf")
     for read in (x.sum, lambda: torch.dot(x, x)) * 2:

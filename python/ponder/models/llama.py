@@ -286,6 +286,20 @@ _LAYER_READ_ORDER = (
     "mlp.gate_up_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
 
 
+def huge_page_buffer(nbytes: int) -> torch.Tensor:
+    """A uint8 CPU tensor of nbytes in an anonymous mapping, 2 MB aligned and advised to use
+    transparent huge pages (4 KB pages where the kernel has none)."""
+    buf = mmap.mmap(-1, nbytes + _ARENA_ALIGN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    raw = torch.frombuffer(buf, dtype=torch.uint8)
+    start = -raw.data_ptr() % _ARENA_ALIGN
+    return raw[start:start + nbytes]
+
+
 def _place_in_arena(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """Copies CPU weights, converted to dtype, back to back into one anonymous mapping, in
     the order a decode step reads them, advised to use transparent huge pages. A tensor
@@ -304,18 +318,11 @@ def _place_in_arena(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[tor
         unique[id(t)] = len(offsets)
         offsets.append(total)
         total += -(-t.numel() * elem // 64) * 64  # each tensor 64-byte aligned
-    buf = mmap.mmap(-1, total + _ARENA_ALIGN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            buf.madvise(mmap.MADV_HUGEPAGE)
-        except OSError:  # a kernel without transparent huge pages: 4 KB pages then
-            pass
-    raw = torch.frombuffer(buf, dtype=torch.uint8)
-    start = -raw.data_ptr() % _ARENA_ALIGN
+    raw = huge_page_buffer(total)
     out = []
     for t, off in zip(tensors, offsets):
         n = t.numel() * elem
-        dst = raw[start + off:start + off + n].view(dtype).view(t.shape)
+        dst = raw[off:off + n].view(dtype).view(t.shape)
         if unique[id(t)] == len(out):
             dst.copy_(t)
         out.append(dst)
