@@ -288,7 +288,10 @@ _LAYER_READ_ORDER = (
 
 def huge_page_buffer(nbytes: int) -> torch.Tensor:
     """A uint8 CPU tensor of nbytes in an anonymous mapping, 2 MB aligned and advised to use
-    transparent huge pages (4 KB pages where the kernel has none)."""
+    transparent huge pages (4 KB pages where the kernel has none; a plain tensor where the
+    platform has no anonymous mmap)."""
+    if not hasattr(mmap, "MAP_ANONYMOUS"):
+        return torch.empty(nbytes, dtype=torch.uint8)
     buf = mmap.mmap(-1, nbytes + _ARENA_ALIGN, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(buf, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
