@@ -176,3 +176,14 @@ def test_weights_in_one_arena_in_decode_order(tmp_path, family, dtype):
     assert torch.equal(a.qkv_proj.weight, want)
     assert torch.equal(ours.embed_tokens.weight, model.model.embed_tokens.weight.to(dtype))
     assert torch.equal(ours.lm_head.weight, model.lm_head.weight.to(dtype))
+
+
+def test_arena_without_anonymous_mmap(monkeypatch):
+    import mmap
+
+    from ponder.models.llama import huge_page_buffer
+
+    buf = huge_page_buffer(3 << 20)
+    assert buf.numel() == 3 << 20 and buf.data_ptr() % (2 << 20) == 0
+    monkeypatch.delattr(mmap, "MAP_ANONYMOUS")
+    assert huge_page_buffer(1000).numel() == 1000
