@@ -118,42 +118,33 @@ void block_avx512(const LinearParams& p, const typename Dot::XT* xs, int64_t n0,
 // One row of x against weight rows [n0, n1), one weight row at a time with two independent
 // FMA chains: the memory-bound path for fp32/fp16 weights at batch 1, a single sequential
 // weight stream that the hardware prefetcher follows.
-template <typename T, int kRows>
-__attribute__((target(PONDER_AVX512))) void stream_rows(const LinearParams& p, const float* xs,
-                                                        int64_t m0, int64_t n0, int64_t n1) {
+template <typename T>
+__attribute__((target(PONDER_AVX512))) void stream_row(const LinearParams& p, const float* x,
+                                                       int64_t n0, int64_t n1) {
   const T* w = static_cast<const T*>(p.weight);
   const T* bias = static_cast<const T*>(p.bias);
   T* out = static_cast<T*>(p.out);
   const int64_t k = p.k;
   for (int64_t n = n0; n < n1; ++n) {
     const T* wr = w + n * k;
-    __m512 acc[kRows][2];
-    for (int r = 0; r < kRows; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= k; i += 32) {
-      const __m512 w0 = FmaDot<T>::load_w(wr + i, 0xffff);
-      const __m512 w1 = FmaDot<T>::load_w(wr + i + 16, 0xffff);
-      for (int r = 0; r < kRows; ++r) {
-        const float* xr = xs + (m0 + r) * k + i;
-        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xr), acc[r][0]);
-        acc[r][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xr + 16), acc[r][1]);
-      }
+      acc0 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i, 0xffff), _mm512_loadu_ps(x + i), acc0);
+      acc1 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i + 16, 0xffff),
+                             _mm512_loadu_ps(x + i + 16), acc1);
     }
     for (; i < k; i += 16) {
       const __mmask16 mask = k - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - i)) - 1);
-      const __m512 w0 = FmaDot<T>::load_w(wr + i, mask);
-      for (int r = 0; r < kRows; ++r)
-        acc[r][0] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(mask, xs + (m0 + r) * k + i),
-                                    acc[r][0]);
+      acc0 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i, mask), _mm512_maskz_loadu_ps(mask, x + i),
+                             acc0);
     }
     const float b = bias != nullptr ? to_f32(bias[n]) : 0.0f;
-    for (int r = 0; r < kRows; ++r)
-      out[(m0 + r) * p.n + n] =
-          from_f32<T>(_mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1])) + b);
+    out[n] = from_f32<T>(_mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + b);
   }
 }
 
-// The bf16 dot-product version of stream_rows: one row of bf16 x, two chains of vdpbf16ps.
+// The bf16 dot-product version of stream_row: one row of bf16 x, two chains of vdpbf16ps.
 // Without the tiles' software prefetches, which cost batch-1 bf16 ~10% of its bandwidth.
 __attribute__((target(PONDER_AVX512_BF16))) void stream_row_bf16(const LinearParams& p,
                                                                  int64_t n0, int64_t n1) {
@@ -236,7 +227,7 @@ void run(const LinearParams& p, bool use_bf16_dot) {
   const bool few_rows = p.m < 2;  // see block_avx512: tiles pay from 2 rows
   for_each_task(p, [&](int64_t n0, int64_t n1) {
     if (avx512 && few_rows)
-      stream_rows<T, 1>(p, xs, 0, n0, n1);
+      stream_row<T>(p, xs, n0, n1);
     else if (avx512)
       block_avx512<FmaDot<T>, T>(p, xs, n0, n1);
     else
