@@ -26,6 +26,11 @@ namespace {
 constexpr int64_t kQueryTile = 16;  // query tokens per task in extend (prefill) mode
 constexpr int64_t kMaxBlockSize = 256;
 constexpr int64_t kParallelMinBytes = 64 * 1024;  // K/V bytes read below which one thread runs
+// Decode over a long context splits each sequence's keys into chunks of this many (rounded
+// down to whole blocks), attended by separate tasks and merged by their log-sum-exp, so one
+// long sequence keeps every thread busy. The split depends only on the sequence's own
+// length, never on the batch, so a request's numbers do not depend on what runs beside it.
+constexpr int64_t kSplitKeys = 1024;
 
 struct Scratch {
   std::vector<float> q;    // [rows, head_dim], pre-scaled
@@ -52,6 +57,9 @@ __attribute__((always_inline)) inline void load_row(const T* src, float* dst, in
 // absolute position pos0 + i and attends keys [0, pos0 + i].
 struct Tile {
   int64_t seq, kv_begin, num_kv, first_token, pos0, len;
+  int64_t key_end;  // keys [key_begin, key_end) only: one split (decode)
+  int64_t key_begin = 0;
+  float* partial = nullptr;  // split mode: [num_heads, head_dim + 2] of (acc, max, sum) here
 };
 
 struct TileState {
@@ -104,6 +112,18 @@ __attribute__((always_inline)) inline TileState begin_tile(const PagedAttentionP
 template <typename T>
 __attribute__((always_inline)) inline void end_tile(const PagedAttentionParams& p,
                                                     const Tile& tile, const TileState& st) {
+  if (tile.partial != nullptr) {  // one split of a decode token: kept unnormalized for merging
+    for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
+      for (int64_t g = 0; g < st.group; ++g) {
+        const int64_t r = hh * st.group + g;
+        float* dst = tile.partial + ((tile.kv_begin + hh) * st.group + g) * (st.hd + 2);
+        std::copy(st.acc + r * st.hd, st.acc + (r + 1) * st.hd, dst);
+        dst[st.hd] = st.m[r];
+        dst[st.hd + 1] = st.l[r];
+      }
+    }
+    return;
+  }
   T* out = static_cast<T*>(p.out);
   for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
     for (int64_t i = 0; i < tile.len; ++i) {
@@ -210,12 +230,12 @@ __attribute__((always_inline)) inline void attend_blocks(const PagedAttentionPar
   TileState st = begin_tile<T>(p, tile);
   const int64_t hd = st.hd, bs = st.bs, row_stride = st.row_stride;
   const int32_t* table = p.block_tables + tile.seq * p.max_blocks_per_seq;
-  const int64_t last_pos = tile.pos0 + tile.len - 1;
+  const int64_t last_pos = std::min(tile.pos0 + tile.len, tile.key_end) - 1;
   const T* k_cache = static_cast<const T*>(p.k_cache);
   const T* v_cache = static_cast<const T*>(p.v_cache);
   float* k_wide = scratch().kv.data();
   float* v_wide = k_wide + bs * hd;
-  for (int64_t j = 0; j <= last_pos / bs; ++j) {
+  for (int64_t j = tile.key_begin / bs; j <= last_pos / bs; ++j) {
     const int64_t key0 = j * bs;
     const int64_t n = std::min(bs, last_pos + 1 - key0);
     const int64_t block_base = static_cast<int64_t>(table[j]) * bs * row_stride;
@@ -438,32 +458,79 @@ AttendFn pick(int64_t head_dim) {
   return isa == Isa::kAvx2 ? &attend_avx2<T> : &attend_generic<T>;
 }
 
+// Merges the splits of each decode token and head: out = sum_s acc_s e^(m_s - M) / L with
+// M = max_s m_s and L = sum_s l_s e^(m_s - M).
+template <typename T>
+void merge_splits(const PagedAttentionParams& p, const float* partial, int64_t max_splits,
+                  int64_t split_keys, bool parallel) {
+  const int64_t hd = p.head_dim, stride = hd + 2;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t sh = 0; sh < p.batch * p.num_heads; ++sh) {
+    const int64_t seq = sh / p.num_heads, head = sh % p.num_heads;
+    const int64_t splits = (p.seq_lens[seq] + split_keys - 1) / split_keys;
+    const float* part = partial + (seq * max_splits * p.num_heads + head) * stride;
+    float big = -std::numeric_limits<float>::infinity();
+    for (int64_t sp = 0; sp < splits; ++sp)
+      big = std::max(big, part[sp * p.num_heads * stride + hd]);
+    thread_local std::vector<float> acc_buf;
+    acc_buf.assign(hd, 0.0f);
+    float* acc = acc_buf.data();
+    float sum = 0.0f;
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const float* ps = part + sp * p.num_heads * stride;
+      if (ps[hd + 1] == 0.0f) continue;  // no visible key in this split
+      const float w = std::exp(ps[hd] - big);
+      sum += ps[hd + 1] * w;
+      for (int64_t d = 0; d < hd; ++d) acc[d] += ps[d] * w;
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    T* out = static_cast<T*>(p.out) + (seq * p.num_heads + head) * hd;
+    for (int64_t d = 0; d < hd; ++d) out[d] = from_f32<T>(acc[d] * inv);
+  }
+}
+
 template <typename T>
 void run(const PagedAttentionParams& p) {
   const AttendFn attend = pick<T>(p.head_dim);
-  const int64_t tiles_per_seq = p.cu_query_lens == nullptr
-                                    ? 1
-                                    : (p.max_query_len + kQueryTile - 1) / kQueryTile;
+  const bool decode = p.cu_query_lens == nullptr;
+  const int64_t tiles_per_seq = decode ? 1 : (p.max_query_len + kQueryTile - 1) / kQueryTile;
+  // Decode splits long sequences' keys (see kSplitKeys).
+  const int64_t split_keys = std::max<int64_t>(p.block_size, kSplitKeys / p.block_size *
+                                                                 p.block_size);
+  int64_t max_splits = 1;
+  if (decode)
+    for (int64_t b = 0; b < p.batch; ++b)
+      max_splits = std::max<int64_t>(max_splits, (p.seq_lens[b] + split_keys - 1) / split_keys);
   // Whole sequences (all KV heads) stream contiguous blocks; split heads only when there
   // would otherwise be too few tasks to keep every thread busy.
   const int64_t threads = omp_get_max_threads();
-  const int64_t heads_per_task = p.batch * tiles_per_seq >= 4 * threads ? p.num_kv_heads : 1;
+  const int64_t units = p.batch * tiles_per_seq * max_splits;
+  const int64_t heads_per_task = units >= 4 * threads ? p.num_kv_heads : 1;
   const int64_t head_groups = p.num_kv_heads / heads_per_task;
-  const int64_t num_tasks = p.batch * tiles_per_seq * head_groups;
+  const int64_t num_tasks = units * head_groups;
   // Small problems (a short decode) run on the calling thread: waking a team costs more than
   // the work, and on a loaded machine a parallel region waits for a descheduled worker.
   int64_t kv_bytes = 0;
   for (int64_t b = 0; b < p.batch; ++b) kv_bytes += p.seq_lens[b];
   kv_bytes *= 2 * p.num_kv_heads * p.head_dim * static_cast<int64_t>(sizeof(T));
   const bool parallel = num_tasks > 1 && kv_bytes * p.max_query_len > kParallelMinBytes;
-  // Tiles past a sequence's q_len are empty tasks; dynamic scheduling absorbs them.
+  float* partial = nullptr;
+  if (max_splits > 1) {
+    thread_local std::vector<float> buf;
+    const int64_t need = p.batch * max_splits * p.num_heads * (p.head_dim + 2);
+    if (static_cast<int64_t>(buf.size()) < need) buf.resize(need);
+    partial = buf.data();
+  }
+  // Tiles past a sequence's q_len (and splits past its length) are empty tasks; dynamic
+  // scheduling absorbs them.
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < num_tasks; ++task) {
     const int64_t head_group = task % head_groups;
-    const int64_t tile = (task / head_groups) % tiles_per_seq;
-    const int64_t seq = task / (head_groups * tiles_per_seq);
+    const int64_t split = (task / head_groups) % max_splits;
+    const int64_t tile = (task / (head_groups * max_splits)) % tiles_per_seq;
+    const int64_t seq = task / (head_groups * max_splits * tiles_per_seq);
     int64_t first_token = seq, q_len = 1;
-    if (p.cu_query_lens != nullptr) {
+    if (!decode) {
       first_token = p.cu_query_lens[seq];
       q_len = p.cu_query_lens[seq + 1] - first_token;
     }
@@ -471,9 +538,17 @@ void run(const PagedAttentionParams& p) {
     if (begin >= q_len) continue;
     const int64_t len = std::min(kQueryTile, q_len - begin);
     const int64_t pos0 = p.seq_lens[seq] - q_len + begin;
-    attend(p, Tile{seq, head_group * heads_per_task, heads_per_task, first_token + begin, pos0,
-                   len});
+    Tile t{seq, head_group * heads_per_task, heads_per_task, first_token + begin, pos0, len,
+           pos0 + len};
+    if (partial != nullptr) {
+      t.key_begin = split * split_keys;
+      if (t.key_begin >= p.seq_lens[seq]) continue;
+      t.key_end = std::min<int64_t>(t.key_begin + split_keys, pos0 + len);
+      t.partial = partial + (seq * max_splits + split) * p.num_heads * (p.head_dim + 2);
+    }
+    attend(p, t);
   }
+  if (partial != nullptr) merge_splits<T>(p, partial, max_splits, split_keys, parallel);
 }
 
 }  // namespace
