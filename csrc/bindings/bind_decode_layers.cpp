@@ -10,6 +10,7 @@
 #include "tensor.h"
 #include "ponder/decode_layers.h"
 #include "ponder/linear.h"
+#include "ponder/paged_attention.h"
 
 namespace ponder::bindings {
 namespace {
@@ -19,7 +20,6 @@ constexpr const char* kLayerFields[] = {"input_norm", "qkv",    "qkv_bias",     
                                         "k_norm",     "o",      "o_bias",       "post_norm",
                                         "gate_up",    "gate_up_bias", "down",   "down_bias"};
 constexpr size_t kNumLayerFields = sizeof(kLayerFields) / sizeof(kLayerFields[0]);
-constexpr int64_t kMaxBlockSize = 256;  // paged_attention's limit
 
 void check_cpu(const Array& a, const std::string& name) {
   if (a.device_type() != nb::device::cpu::value) fail_value(name + " must be a CPU tensor");
@@ -160,8 +160,9 @@ class DecodeLayers {
         if (l == 0 && which == 0) {
           num_blocks = c.shape(0);
           block_size = c.shape(1);
-          if (block_size < 1 || block_size > kMaxBlockSize)
-            fail_value(name + " block_size (shape[1]) must be in [1, 256]");
+          if (block_size < 1 || block_size > kPagedAttentionMaxBlockSize)
+            fail_value(name + " block_size (shape[1]) must be in [1, " +
+                       std::to_string(kPagedAttentionMaxBlockSize) + "]");
         }
         check_dim(c, name.c_str(), 0, num_blocks, "num_blocks (k_caches[0].shape[0])");
         check_dim(c, name.c_str(), 1, block_size, "block_size (k_caches[0].shape[1])");

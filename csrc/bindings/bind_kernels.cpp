@@ -114,7 +114,9 @@ void paged_attention(nb::handle query_obj, nb::handle k_cache_obj, nb::handle v_
     fail_value("query has " + std::to_string(num_heads) + " heads, which is not a multiple of "
                "num_kv_heads = " + std::to_string(num_kv_heads) + " (k_cache.shape[2])");
   if (head_dim == 0) fail_value("query must have head_dim > 0");
-  if (block_size > 256) fail_value("k_cache block_size (shape[1]) must be at most 256");
+  if (block_size > kPagedAttentionMaxBlockSize)
+    fail_value("k_cache block_size (shape[1]) must be at most " +
+               std::to_string(kPagedAttentionMaxBlockSize));
   for (size_t d = 0; d < 3; ++d) check_dim(out, "out", d, query.shape(d), "query.shape[d]");
   check_dim(seq_lens, "seq_lens", 0, batch, "batch (block_tables.shape[0])");
   if (cu_query_lens) {

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include "ponder/common.h"
+#include "ponder/cpu_math.h"
 
 // Target attributes of the functions compiled for AVX-512 (with avx512_bf16: vdpbf16ps).
 #define PONDER_AVX512 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,prefer-vector-width=512"
@@ -79,12 +80,6 @@ __attribute__((target(PONDER_AVX512), always_inline)) inline __m128 reduce4(__m5
     h[j] = _mm256_add_ps(_mm512_castps512_ps256(a[j]), _mm512_extractf32x8_ps(a[j], 1));
   const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
   return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-}
-
-inline bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
 inline bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }

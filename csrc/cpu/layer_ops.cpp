@@ -115,13 +115,6 @@ __attribute__((always_inline)) inline void silu_mul_rows(const SiluMulParams& p,
   }
 }
 
-bool has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("f16c");
-}
-
 // Op<T>::run(p): the rows body compiled for AVX-512 and for the baseline ISA, picked at run
 // time; large inputs (prefill) split their tokens over the threads.
 #define PONDER_DISPATCHED_OP(Name, Params, rows, elems_per_token)                           \
@@ -133,7 +126,7 @@ bool has_avx512() {
     }                                                                                     \
     static void baseline(const Params& p, int64_t t0, int64_t t1) { rows<T>(p, t0, t1); } \
     static void run(const Params& p) {                                                    \
-      static const bool avx = has_avx512();                                               \
+      static const bool avx = has_avx512() && __builtin_cpu_supports("f16c");            \
       const auto body = avx ? &avx512 : &baseline;                                        \
       const int64_t n = p.num_tokens;                                                     \
       if (n * (elems_per_token) <= kParallelMinElems) return body(p, 0, n);               \

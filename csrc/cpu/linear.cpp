@@ -23,7 +23,6 @@ namespace {
 
 using avx512::Bf16Dot;
 using avx512::FmaDot;
-using avx512::has_avx512;
 using avx512::has_avx512_bf16;
 using avx512::reduce4;
 

@@ -24,7 +24,6 @@ namespace ponder::cpu {
 namespace {
 
 constexpr int64_t kQueryTile = 16;  // query tokens per task in extend (prefill) mode
-constexpr int64_t kMaxBlockSize = 256;
 constexpr int64_t kParallelMinBytes = 64 * 1024;  // K/V bytes read below which one thread runs
 // Decode over a long context splits each sequence's keys into chunks of this many (rounded
 // down to whole blocks), attended by separate tasks and merged by their log-sum-exp, so one
@@ -430,10 +429,7 @@ void attend_generic(const PagedAttentionParams& p, const Tile& tile) {
 enum class Isa { kGeneric, kAvx2, kAvx512 };
 
 Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    return Isa::kAvx512;
+  if (has_avx512()) return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
       __builtin_cpu_supports("f16c"))
     return Isa::kAvx2;
@@ -554,7 +550,8 @@ void run(const PagedAttentionParams& p) {
 }  // namespace
 
 Status paged_attention(const PagedAttentionParams& p) {
-  if (p.block_size > kMaxBlockSize) return Status::error("block_size must be at most 256");
+  if (p.block_size > kPagedAttentionMaxBlockSize)
+    return Status::error("block_size must be at most 256");
   switch (p.dtype) {
     case DType::kFloat32: run<float>(p); break;
     case DType::kBFloat16: run<bf16>(p); break;

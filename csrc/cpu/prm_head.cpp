@@ -230,7 +230,7 @@ void layer2(const PrmHeadParams& p, bool vec, XOf x_of) {
 
 template <typename T>
 void run(const PrmHeadParams& p, bool simd, bool bf16_dot) {
-  static const bool avx512 = avx512::has_avx512();
+  static const bool avx512 = has_avx512();
   static const bool avx512_bf16 = avx512::has_avx512_bf16();
   const bool vec = simd && avx512;
   const int64_t m = p.num_rows, k = p.hidden_size, n = p.inner_size;

@@ -111,13 +111,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) void exp_shift
 void exp_shifted_baseline(const float* x, float shift, float* e, int64_t n) {
   exp_shifted_body(x, shift, e, n);
 }
-bool cpu_has_avx512() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
 void exp_shifted(const float* x, float shift, float* e, int64_t n) {
-  static const bool avx512 = cpu_has_avx512();
+  static const bool avx512 = has_avx512();
   (avx512 ? exp_shifted_avx512 : exp_shifted_baseline)(x, shift, e, n);
 }
 

@@ -1,5 +1,5 @@
 // Scalar math for the CPU kernels, written so that loops over it vectorize (libm's expf is a
-// call per element that no loop vectorizes).
+// call per element that no loop vectorizes), and the CPU check of their AVX-512 paths.
 #pragma once
 
 #include <algorithm>
@@ -7,6 +7,13 @@
 #include <cstring>
 
 namespace ponder::cpu {
+
+// Whether this CPU runs the kernels' AVX-512 paths (F, BW, VL and DQ), checked at run time.
+inline bool has_avx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
 
 // Cephes' expf polynomial: about 1 ulp on the reduced range; inputs are clamped to
 // [-87, 88], so it never returns 0 or inf.

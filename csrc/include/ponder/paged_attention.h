@@ -5,6 +5,9 @@
 
 namespace ponder {
 
+// The largest KV block (tokens per block) the attention kernels take.
+constexpr int64_t kPagedAttentionMaxBlockSize = 256;
+
 struct PagedAttentionParams {
   const void* query;            // [num_tokens, num_heads, head_dim]
   void* out;                    // [num_tokens, num_heads, head_dim]
