@@ -156,16 +156,9 @@ class CausalLM(nn.Module):
             def t(p):  # detached: the stack keeps the storage alive even if .data is swapped
                 return None if p is None else p.detach()
 
-            layers = []
-            for layer in self.layers:
-                a, m = layer.self_attn, layer.mlp
-                layers.append([t(p) for p in (
-                    layer.input_layernorm.weight, a.qkv_proj.weight, a.qkv_proj.bias,
-                    a.q_norm.weight if a.q_norm is not None else None,
-                    a.k_norm.weight if a.k_norm is not None else None,
-                    a.o_proj.weight, a.o_proj.bias, layer.post_attention_layernorm.weight,
-                    m.gate_up_proj.weight, m.gate_up_proj.bias, m.down_proj.weight,
-                    m.down_proj.bias)])
+            # ops.DecodeLayers takes each layer's 12 tensors in its read order.
+            layers = [[t(_layer_tensor(layer, n)) for n in _LAYER_READ_ORDER]
+                      for layer in self.layers]
             stack = ops.DecodeLayers(layers, t(self.norm.weight), cfg.rms_norm_eps,
                                      self.layers[0].self_attn.scale, cfg.num_heads,
                                      cfg.num_kv_heads, cfg.head_dim)
@@ -279,11 +272,24 @@ class CausalLM(nn.Module):
 
 
 _ARENA_ALIGN = 2 << 20  # a transparent huge page
+# A decoder layer's tensors in the order a decode step reads them: the weight arena's layout
+# and the order ops.DecodeLayers takes them in.
 _LAYER_READ_ORDER = (
     "input_layernorm.weight", "self_attn.qkv_proj.weight", "self_attn.qkv_proj.bias",
     "self_attn.q_norm.weight", "self_attn.k_norm.weight", "self_attn.o_proj.weight",
     "self_attn.o_proj.bias", "post_attention_layernorm.weight", "mlp.gate_up_proj.weight",
     "mlp.gate_up_proj.bias", "mlp.down_proj.weight", "mlp.down_proj.bias")
+
+
+def _layer_tensor(layer: nn.Module, name: str) -> torch.Tensor | None:
+    """layer's tensor at a dotted name; None where a module or bias on the way is None (no
+    q/k norm, a Linear without bias)."""
+    obj = layer
+    for attr in name.split("."):
+        obj = getattr(obj, attr)
+        if obj is None:
+            return None
+    return obj
 
 
 def huge_page_buffer(nbytes: int) -> torch.Tensor:
