@@ -134,6 +134,15 @@ def ref_rms_norm(x, weight, eps):
     return weight * h.to(x.dtype)
 
 
+def rope_tables(head_dim, max_positions, dtype=torch.float32):
+    """cos/sin ``[max_positions, head_dim]`` of the rotate-half rotary embedding, base 10000,
+    formed in fp32 as transformers forms them, then cast to dtype."""
+    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    freqs = torch.arange(max_positions).float()[:, None] * inv[None, :]
+    emb = torch.cat((freqs, freqs), -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def ref_rotary(x, cos, sin, positions):
     """Rotate-half rotary embedding of x [num_tokens, heads, head_dim]."""
     c, s = cos[positions][:, None, :], sin[positions][:, None, :]

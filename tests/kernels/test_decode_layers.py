@@ -6,7 +6,7 @@ import torch
 
 from ponder import ops
 from tests.kernels.paged import make_paged
-from tests.reference import ref_decode_layers
+from tests.reference import ref_decode_layers, rope_tables
 
 # hidden, num_heads, num_kv_heads, head_dim, inter: GQA 2 and 1, a head_dim and sizes that
 # are not multiples of the GEMV's vector width.
@@ -35,13 +35,6 @@ def make_stack(dtype, hidden, num_heads, num_kv_heads, head_dim, inter, num_laye
             norm(hidden), w(2 * inter, hidden), w(2 * inter, scale=0.1) if bias else None,
             w(hidden, inter), w(hidden, scale=0.1) if bias else None])
     return layers, norm(hidden)
-
-
-def rope(head_dim, dtype, max_positions=128):
-    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    freqs = torch.arange(max_positions).float()[:, None] * inv[None, :]
-    emb = torch.cat((freqs, freqs), -1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def decode_inputs(seq_lens, num_layers, num_kv_heads, head_dim, block_size, dtype, hidden,
@@ -98,7 +91,7 @@ def test_matches_per_op_and_reference(dtype, shape, seq_lens, variant, block_siz
     scale = head_dim ** -0.5
     layers, final_norm = make_stack(dtype, *shape, num_layers, bias=variant == "bias",
                                     qk_norm=variant == "qk_norm")
-    cos, sin = rope(head_dim, dtype)
+    cos, sin = rope_tables(head_dim, 128, dtype)
     x, pos, slots, tables, lens, k_caches, v_caches = decode_inputs(
         seq_lens, num_layers, kv_heads, head_dim, block_size, dtype, hidden)
     want, want_k, want_v = ref_decode_layers(layers, final_norm, eps, scale, heads, kv_heads,
@@ -129,7 +122,7 @@ def test_out_buffer_and_reuse():
     layers, final_norm = make_stack(torch.float32, *SHAPES[0])
     stack = ops.DecodeLayers(layers, final_norm, 1e-6, 0.25, 4, 2, 16)
     assert stack.num_layers == 3
-    cos, sin = rope(16, torch.float32)
+    cos, sin = rope_tables(16, 128)
     args = decode_inputs([9, 30], 3, 2, 16, 16, torch.float32, 64)
     x, rest = args[0], args[1:]
     out = torch.empty_like(x)
@@ -141,7 +134,7 @@ def test_out_buffer_and_reuse():
 # --- bad input ------------------------------------------------------------------------------
 def _good():
     layers, final_norm = make_stack(torch.float32, 64, 4, 2, 16, 96, num_layers=2)
-    cos, sin = rope(16, torch.float32)
+    cos, sin = rope_tables(16, 128)
     x, pos, slots, tables, lens, k, v = decode_inputs([9, 30], 2, 2, 16, 16, torch.float32, 64)
     return layers, final_norm, dict(x=x, cos=cos, sin=sin, positions=pos, slot_mapping=slots,
                                     block_tables=tables, seq_lens=lens, k_caches=k, v_caches=v)

@@ -5,14 +5,9 @@ import pytest
 import torch
 
 from ponder import _core, ops
+from tests.reference import ref_rms_norm, ref_rotary, rope_tables
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-
-
-def ref_rms_norm(x, w, eps):
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return w * h.to(x.dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -36,18 +31,9 @@ def test_rotary_matches_transformers_formula(dtype):
     t, hq, hk, d = 9, 6, 2, 64
     q = torch.randn(t, hq, d, generator=g).to(dtype)
     k = torch.randn(t, hk, d, generator=g).to(dtype)
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    freqs = torch.arange(100).float()[:, None] * inv[None, :]
-    emb = torch.cat((freqs, freqs), -1)
-    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = rope_tables(d, 100, dtype)
     pos = torch.tensor([0, 5, 17, 99, 3, 3, 40, 41, 42])
-
-    def ref(x):
-        c, s = cos[pos][:, None], sin[pos][:, None]
-        half = d // 2
-        return (x * c) + (torch.cat((-x[..., half:], x[..., :half]), -1) * s)
-
-    want_q, want_k = ref(q), ref(k)
+    want_q, want_k = ref_rotary(q, cos, sin, pos), ref_rotary(k, cos, sin, pos)
     ops.rotary(q, k, cos, sin, pos)
     assert torch.equal(q, want_q) and torch.equal(k, want_k)
 

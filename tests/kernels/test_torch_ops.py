@@ -9,16 +9,15 @@ import torch
 
 import ponder  # noqa: F401  (registers torch.ops.ponder)
 from tests.kernels.paged import make_paged
-from tests.reference import ref_paged_attention, ref_paged_kv_append, ref_rms_norm, ref_rotary
+from tests.reference import (
+    ref_paged_attention,
+    ref_paged_kv_append,
+    ref_rms_norm,
+    ref_rotary,
+    rope_tables,
+)
 
 H, HEADS, KV_HEADS, D, BS = 64, 4, 2, 16, 16
-
-
-def _rope(positions: int, d: int):
-    inv = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
-    emb = torch.arange(positions).float()[:, None] * inv[None, :]
-    emb = torch.cat((emb, emb), -1)
-    return emb.cos(), emb.sin()
 
 
 def _cases(device):
@@ -28,7 +27,7 @@ def _cases(device):
         return torch.randn(*shape, generator=g).to(dtype).to(device)
 
     k_cache, v_cache, tables, lens = make_paged([5, 20], KV_HEADS, D, BS, torch.float32, device)
-    cos, sin = _rope(64, D)
+    cos, sin = rope_tables(D, 64)
     n = 3
     logits = r(n, 50)
     return {
@@ -103,7 +102,7 @@ def test_compiled_attention_block(device):
     wn = (1 + 0.1 * torch.randn(H, generator=g)).to(device)
     wqkv = (torch.randn((HEADS + 2 * KV_HEADS) * D, H, generator=g) / 8).to(device)
     wo = (torch.randn(H, HEADS * D, generator=g) / 8).to(device)
-    cos, sin = (t.to(device) for t in _rope(64, D))
+    cos, sin = (t.to(device) for t in rope_tables(D, 64))
     k_cache, v_cache, tables, _ = make_paged([30, 30], KV_HEADS, D, BS, torch.float32, device)
 
     def block(x, positions, slots, lens, k_cache, v_cache):
