@@ -202,22 +202,30 @@ __attribute__((always_inline)) inline void block_step(const Tile& tile, TileStat
   }
 }
 
-// Blocks are scattered, so the hardware prefetcher cannot run ahead across them: ask for the
-// next block's K and V lines (this tile's heads only) while the current one is computed.
+// Blocks are scattered and, at decode, cold: the last step streamed every layer's weights
+// through the caches since this layer's K/V was read. Software prefetches of a block are no
+// help on this machine: a block's worth of them retires in nanoseconds and leaves the block
+// cold (the miss buffers fill and the rest are dropped). A tight loop of independent loads
+// keeps every miss buffer busy instead, so each group of blocks is first touched this way and
+// then computed from L1/L2. SmolLM2 bf16 decode step at 1000 keys, old and new alternated:
+// -11% at batch 1, -25% at batch 16; greedy generation of 1024 tokens 80-87 -> 87-110 tok/s.
+constexpr int64_t kTouchBytes = 128 * 1024;  // K/V bytes touched per group
+
 template <typename T>
-__attribute__((always_inline)) inline void prefetch_block(const PagedAttentionParams& p,
-                                                          const Tile& tile, const TileState& st,
-                                                          int32_t block) {
+__attribute__((always_inline)) inline void touch_block(const PagedAttentionParams& p,
+                                                       const Tile& tile, const TileState& st,
+                                                       int32_t block, int64_t rows) {
   const int64_t base = static_cast<int64_t>(block) * st.bs * st.row_stride + tile.kv_begin * st.hd;
   const char* k = reinterpret_cast<const char*>(static_cast<const T*>(p.k_cache) + base);
   const char* v = reinterpret_cast<const char*>(static_cast<const T*>(p.v_cache) + base);
   const int64_t span = tile.num_kv * st.hd * static_cast<int64_t>(sizeof(T));
   const int64_t stride = st.row_stride * static_cast<int64_t>(sizeof(T));
-  for (int64_t t = 0; t < st.bs; ++t)
-    for (int64_t off = 0; off < span; off += 64) {
-      __builtin_prefetch(k + t * stride + off);
-      __builtin_prefetch(v + t * stride + off);
-    }
+  unsigned sum = 0;
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t off = 0; off < span; off += 64)
+      sum += *reinterpret_cast<const volatile unsigned char*>(k + t * stride + off) +
+             *reinterpret_cast<const volatile unsigned char*>(v + t * stride + off);
+  asm volatile("" : : "r"(sum));  // the loads are the point; keep them
 }
 
 // Visits the tile's KV blocks in order and, within a block, its KV heads; half-precision
@@ -234,11 +242,18 @@ __attribute__((always_inline)) inline void attend_blocks(const PagedAttentionPar
   const T* v_cache = static_cast<const T*>(p.v_cache);
   float* k_wide = scratch().kv.data();
   float* v_wide = k_wide + bs * hd;
+  const int64_t touch_group = std::max<int64_t>(
+      1, kTouchBytes / (2 * bs * tile.num_kv * hd * static_cast<int64_t>(sizeof(T))));
+  int64_t touched = tile.key_begin / bs;  // blocks before this one have been touched
   for (int64_t j = tile.key_begin / bs; j <= last_pos / bs; ++j) {
     const int64_t key0 = j * bs;
     const int64_t n = std::min(bs, last_pos + 1 - key0);
     const int64_t block_base = static_cast<int64_t>(table[j]) * bs * row_stride;
-    if (j < last_pos / bs) prefetch_block<T>(p, tile, st, table[j + 1]);
+    if (j == touched) {
+      for (const int64_t end = std::min(last_pos / bs + 1, j + touch_group); touched < end;
+           ++touched)
+        touch_block<T>(p, tile, st, table[touched], std::min(bs, last_pos + 1 - touched * bs));
+    }
     for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
       const int64_t offset = block_base + (tile.kv_begin + hh) * hd;
       const int64_t r0 = hh * st.rows_per_head, r1 = r0 + st.rows_per_head;
