@@ -7,6 +7,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -93,50 +94,121 @@ void top_logprobs(const float* x, int64_t vocab, float log_z, int64_t count, Scr
   }
 }
 
-// e[i] = exp(x[i] - shift), 0 for -inf logits, in one vectorized pass (ponder's fast_exp,
-// about 1 ulp), compiled for AVX-512 and for the baseline ISA and picked at run time. The sums
-// over e stay sequential, in double.
-__attribute__((always_inline)) inline void exp_shifted_body(const float* x, float shift,
-                                                            float* e, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = fast_exp(x[i] - shift);
-    e[i] = x[i] == -kInf ? 0.f : v;
+// The passes over the vocabulary, written to vectorize and compiled for AVX-512 and for the
+// baseline ISA (picked at run time). Sums accumulate in double across the vector lanes:
+// before, one sequential double sum per pass waited on each add's latency, and a row cost
+// ~100 us of which the sums were over half (49k-token vocabulary).
+#define PONDER_VOCAB_PASSES(target_attr, ns)                                                \
+  namespace ns {                                                                           \
+  /* e[i] = exp(x[i] - shift), 0 for -inf logits (ponder's fast_exp, ~1 ulp); returns the  \
+     sum of e. */                                                                          \
+  target_attr double exp_shifted(const float* x, float shift, float* e, int64_t n) {      \
+    /* computed, then selected: a branch around the exp keeps the loop scalar */           \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) {                                 \
+      const float v = fast_exp(x[i] - shift);                                              \
+      e[i] = x[i] == -kInf ? 0.f : v;                                                      \
+    }                                                                                      \
+    /* a separate loop: GCC vectorizes neither when fp32 math and the fp64 sum share one */ \
+    double total = 0.0;                                                                    \
+    _Pragma("omp simd reduction(+ : total)") for (int64_t i = 0; i < n; ++i) total += e[i]; \
+    return total;                                                                          \
+  }                                                                                        \
+  /* x[i] = float(in[i]) * scale; returns the largest x. Sixteen running maxima updated by  \
+     select, which vectorizes (a max reduction stays scalar without -ffinite-math-only). */ \
+  template <typename T>                                                                    \
+  target_attr float widen_max(const T* in, float scale, float* x, int64_t n) {             \
+    float lane[16];                                                                        \
+    for (float& v : lane) v = -kInf;                                                       \
+    int64_t i = 0;                                                                         \
+    for (; i + 16 <= n; i += 16) {                                                         \
+      _Pragma("omp simd") for (int l = 0; l < 16; ++l) {                                  \
+        const float v = to_f32(in[i + l]) * scale;                                         \
+        x[i + l] = v;                                                                      \
+        lane[l] = v > lane[l] ? v : lane[l];                                               \
+      }                                                                                    \
+    }                                                                                      \
+    float best = -kInf;                                                                    \
+    for (; i < n; ++i) {                                                                   \
+      x[i] = to_f32(in[i]) * scale;                                                        \
+      best = x[i] > best ? x[i] : best;                                                    \
+    }                                                                                      \
+    for (const float v : lane) best = v > best ? v : best;                                 \
+    return best;                                                                           \
+  }                                                                                        \
+  /* Zeroes e where a token is dropped: x < threshold or e < min_e. */                   \
+  target_attr void drop(const float* x, float* e, int64_t n, float threshold, float min_e) { \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) e[i] =                            \
+        x[i] >= threshold && e[i] >= min_e ? e[i] : 0.f;                                   \
+  }                                                                                        \
+  target_attr double sum(const float* e, int64_t i0, int64_t i1) {                         \
+    double total = 0.0;                                                                    \
+    _Pragma("omp simd reduction(+ : total)") for (int64_t i = i0; i < i1; ++i) total += e[i]; \
+    return total;                                                                          \
+  }                                                                                        \
   }
+PONDER_VOCAB_PASSES(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c"))),
+                    avx512_passes)
+PONDER_VOCAB_PASSES(, baseline_passes)
+#undef PONDER_VOCAB_PASSES
+
+struct VocabPasses {
+  double (*exp_shifted)(const float*, float, float*, int64_t);
+  float (*widen_max_f32)(const float*, float, float*, int64_t);
+  float (*widen_max_bf16)(const bf16*, float, float*, int64_t);
+  float (*widen_max_f16)(const _Float16*, float, float*, int64_t);
+  void (*drop)(const float*, float*, int64_t, float, float);
+  double (*sum)(const float*, int64_t, int64_t);
+
+  template <typename T>
+  float widen_max(const T* in, float scale, float* x, int64_t n) const {
+    if constexpr (std::is_same_v<T, float>) return widen_max_f32(in, scale, x, n);
+    else if constexpr (std::is_same_v<T, bf16>) return widen_max_bf16(in, scale, x, n);
+    else return widen_max_f16(in, scale, x, n);
+  }
+};
+
+const VocabPasses& passes() {
+#define PONDER_PASSES(ns)                                                                  \
+  VocabPasses {                                                                            \
+    &ns::exp_shifted, &ns::widen_max<float>, &ns::widen_max<bf16>, &ns::widen_max<_Float16>, \
+        &ns::drop, &ns::sum                                                                \
+  }
+  static const VocabPasses v =
+      has_avx512() && __builtin_cpu_supports("f16c") ? PONDER_PASSES(avx512_passes)
+                                                      : PONDER_PASSES(baseline_passes);
+#undef PONDER_PASSES
+  return v;
 }
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma"))) void exp_shifted_avx512(
-    const float* x, float shift, float* e, int64_t n) {
-  exp_shifted_body(x, shift, e, n);
-}
-void exp_shifted_baseline(const float* x, float shift, float* e, int64_t n) {
-  exp_shifted_body(x, shift, e, n);
-}
-void exp_shifted(const float* x, float shift, float* e, int64_t n) {
-  static const bool avx512 = has_avx512();
-  (avx512 ? exp_shifted_avx512 : exp_shifted_baseline)(x, shift, e, n);
+
+// The first index holding value (the largest: torch.argmax's tie rule). Chunks are tested
+// whole, a vectorizable OR, and only the one holding it is scanned.
+int64_t first_index_of(const float* x, int64_t n, float value) {
+  constexpr int64_t kChunk = 64;
+  for (int64_t c = 0; c < n; c += kChunk) {
+    const int64_t end = std::min(n, c + kChunk);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = c; i < end; ++i) hit |= x[i] == value;
+    if (hit)
+      for (int64_t i = c; i < end; ++i)
+        if (x[i] == value) return i;
+  }
+  return 0;
 }
 
 template <typename T>
 void sample_row(const SampleParams& p, int64_t row, Scratch& s) {
+  const VocabPasses& vp = passes();
   const int64_t vocab = p.vocab;
   const T* in = static_cast<const T*>(p.logits) + row * vocab;
   s.x.resize(vocab);
-  float* x = s.x.data();
-
-  float max_logit = -kInf;
-  int64_t argmax = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    x[i] = to_f32(in[i]);
-    if (x[i] > max_logit) {
-      max_logit = x[i];
-      argmax = i;
-    }
-  }
   s.e.resize(vocab);
+  float* x = s.x.data();
   float* e = s.e.data();
-  exp_shifted(x, max_logit, e, vocab);
-  double sum = 0.0;
-  for (int64_t i = 0; i < vocab; ++i) sum += e[i];
+
+  const float max_logit = vp.widen_max(in, 1.0f, x, vocab);
+  const int64_t argmax = first_index_of(x, vocab, max_logit);
+  const double sum = vp.exp_shifted(x, max_logit, e, vocab);
   const float log_z = max_logit + static_cast<float>(std::log(sum));
   if (p.num_logprobs > 0)
     top_logprobs(x, vocab, log_z, p.num_logprobs, s, p.top_ids + row * p.num_logprobs,
@@ -145,9 +217,8 @@ void sample_row(const SampleParams& p, int64_t row, Scratch& s) {
   int64_t token = argmax;
   const float temperature = p.temperature[row];
   if (temperature > 0.f) {
-    const float inv_t = 1.0f / temperature;
-    for (int64_t i = 0; i < vocab; ++i) x[i] *= inv_t;
-    const float x_max = max_logit * inv_t;  // scaling by a positive number keeps the order
+    // x = logits / T (scaling by a positive number keeps the order, so the max is max / T).
+    const float x_max = vp.widen_max(in, 1.0f / temperature, x, vocab);
 
     float threshold = -kInf;
     const int64_t top_k = p.top_k[row];
@@ -157,7 +228,7 @@ void sample_row(const SampleParams& p, int64_t row, Scratch& s) {
                        std::greater<float>());
       threshold = s.select[top_k - 1];
     }
-    exp_shifted(x, x_max, e, vocab);
+    vp.exp_shifted(x, x_max, e, vocab);
 
     const float top_p = p.top_p[row];
     if (top_p < 1.f) {
@@ -171,24 +242,43 @@ void sample_row(const SampleParams& p, int64_t row, Scratch& s) {
       }
       threshold = top_p_threshold(s.cand, top_p * mass);
     }
-    const float min_p = p.min_p[row];
-    const auto kept = [&](int64_t i) { return x[i] >= threshold && e[i] >= min_p && e[i] > 0.f; };
+    // Dropped tokens get e = 0, so a token is kept exactly where e > 0 from here on.
+    vp.drop(x, e, vocab, threshold, p.min_p[row]);
 
-    double total = 0.0;
-    for (int64_t i = 0; i < vocab; ++i)
-      if (kept(i)) total += e[i];
+    // Inverse CDF: the first kept token whose running mass passes u * total. Whole chunks
+    // whose mass stays short of the target are skipped by their sum.
+    constexpr int64_t kChunk = 256;
+    const double total = vp.sum(e, 0, vocab);
     const double u = philox_uniform(static_cast<uint64_t>(p.seeds[row]),
                                     static_cast<uint64_t>(p.seq_ids[row]),
                                     static_cast<uint64_t>(p.positions[row]));
     const double target = u * total;
-    // If rounding leaves the running sum short of target, the last kept token is the pick.
     double running = 0.0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      if (!kept(i)) continue;
-      running += e[i];
-      token = i;
-      if (running > target) break;
+    bool found = false;
+    for (int64_t c = 0; c < vocab && !found; c += kChunk) {
+      const int64_t end = std::min(vocab, c + kChunk);
+      const double chunk = vp.sum(e, c, end);
+      if (running + chunk <= target) {
+        running += chunk;
+        continue;
+      }
+      for (int64_t i = c; i < end; ++i) {
+        if (e[i] <= 0.f) continue;
+        running += e[i];
+        token = i;
+        if (running > target) {
+          found = true;
+          break;
+        }
+      }
     }
+    // If rounding leaves the running sum short of target, the last kept token is the pick.
+    if (!found)
+      for (int64_t i = vocab - 1; i >= 0; --i)
+        if (e[i] > 0.f) {
+          token = i;
+          break;
+        }
   }
   p.tokens[row] = token;
   p.logprobs[row] = to_f32(in[token]) - log_z;
