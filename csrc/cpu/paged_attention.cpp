@@ -53,6 +53,19 @@ __attribute__((always_inline)) inline void load_row(const T* src, float* dst, in
   for (int64_t i = 0; i < n; ++i) dst[i] = to_f32(src[i]);
 }
 
+// Widens a block's n K and V rows (one KV head, row_stride elements apart) of a
+// half-precision cache to fp32 scratch: the portable path.
+template <typename T>
+struct WidenRows {
+  void operator()(const T* k, const T* v, int64_t row_stride, int64_t n, int64_t hd,
+                  float* k_wide, float* v_wide) const {
+    for (int64_t t = 0; t < n; ++t) {
+      load_row(k + t * row_stride, k_wide + t * hd, hd);
+      load_row(v + t * row_stride, v_wide + t * hd, hd);
+    }
+  }
+};
+
 // The work of one task. Its rows are (KV head hh, query token i, query head g of the group),
 // r = (hh * len + i) * group + g, so each KV head's rows are contiguous. Token i sits at
 // absolute position pos0 + i and attends keys [0, pos0 + i].
@@ -233,9 +246,10 @@ __attribute__((always_inline)) inline void touch_block(const PagedAttentionParam
 // Visits the tile's KV blocks in order and, within a block, its KV heads; half-precision
 // K/V are widened to fp32 scratch once per (block, head). Step is block_step or an ISA
 // specialization of it.
-template <typename T, typename Step>
+template <typename T, typename Step, typename Widen = WidenRows<T>>
 __attribute__((always_inline)) inline void attend_blocks(const PagedAttentionParams& p,
-                                                         const Tile& tile, Step step) {
+                                                         const Tile& tile, Step step,
+                                                         Widen widen = Widen()) {
   TileState st = begin_tile<T>(p, tile);
   const int64_t hd = st.hd, bs = st.bs, row_stride = st.row_stride;
   const int32_t* table = p.block_tables + tile.seq * p.max_blocks_per_seq;
@@ -263,10 +277,7 @@ __attribute__((always_inline)) inline void attend_blocks(const PagedAttentionPar
         step(tile, st, reinterpret_cast<const float*>(k_cache + offset),
              reinterpret_cast<const float*>(v_cache + offset), row_stride, key0, n, r0, r1);
       } else {
-        for (int64_t t = 0; t < n; ++t) {
-          load_row(k_cache + offset + t * row_stride, k_wide + t * hd, hd);
-          load_row(v_cache + offset + t * row_stride, v_wide + t * hd, hd);
-        }
+        widen(k_cache + offset, v_cache + offset, row_stride, n, hd, k_wide, v_wide);
         step(tile, st, k_wide, v_wide, hd, key0, n, r0, r1);
       }
     }
@@ -335,6 +346,63 @@ __attribute__((target(PONDER_AVX512), always_inline)) inline __m512 reduce16(con
 template <int kVecs>
 constexpr int kRowsPerBlock = kVecs <= 4 ? 4 : (kVecs <= 8 ? 2 : 1);
 
+// q . k for 16 consecutive keys (kv_stride floats apart) as one vector of 16 scores. kCount
+// 16: a full group, fixed trip counts so the 16 partial sums live in registers; 0: the first
+// cnt keys only (a block's tail), the rest zero. Two FMA chains per key halve the latency.
+template <int kVecs, int kCount>
+__attribute__((target(PONDER_AVX512), always_inline)) inline __m512 scores16(
+    const float* qr, const float* kb, int64_t kv_stride, int64_t cnt = 16) {
+  __m512 qv[kVecs];
+#pragma GCC unroll 16
+  for (int c = 0; c < kVecs; ++c) qv[c] = _mm512_loadu_ps(qr + c * 16);
+  __m512 part[16];
+#pragma GCC unroll 16
+  for (int t = 0; t < 16; ++t) {
+    __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+    if (kCount == 16 || t < cnt) {
+      const float* kr = kb + t * kv_stride;
+#pragma GCC unroll 16
+      for (int c = 0; c + 1 < kVecs; c += 2) {
+        even = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + c * 16), even);
+        odd = _mm512_fmadd_ps(qv[c + 1], _mm512_loadu_ps(kr + (c + 1) * 16), odd);
+      }
+      if constexpr (kVecs % 2 == 1)
+        even = _mm512_fmadd_ps(qv[kVecs - 1], _mm512_loadu_ps(kr + (kVecs - 1) * 16), even);
+    }
+    part[t] = _mm512_add_ps(even, odd);
+  }
+  return reduce16(part);
+}
+
+// acc[kRows rows] += p[row, t] * v[t] over the block's n keys, the accumulators in
+// registers: kRows and kVecs are compile-time, so no runtime row count spills them.
+template <int kVecs, int kRows>
+__attribute__((target(PONDER_AVX512), always_inline)) inline void pv_rows(
+    float* acc, const float* p, int64_t p_stride, const float* vb, int64_t kv_stride, int64_t n) {
+  constexpr int64_t hd = kVecs * 16;
+  __m512 a[kRows][kVecs];
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) a[r][c] = _mm512_loadu_ps(acc + r * hd + c * 16);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* vr = vb + t * kv_stride;
+    __m512 v[kVecs];
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) v[c] = _mm512_loadu_ps(vr + c * 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 b = _mm512_set1_ps(p[r * p_stride + t]);
+#pragma GCC unroll 16
+      for (int c = 0; c < kVecs; ++c) a[r][c] = _mm512_fmadd_ps(b, v[c], a[r][c]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(acc + r * hd + c * 16, a[r][c]);
+}
+
 template <int kVecs>
 __attribute__((target(PONDER_AVX512))) void block_step_avx512(
     const Tile& tile, TileState& st, const float* kb, const float* vb, int64_t kv_stride,
@@ -346,20 +414,13 @@ __attribute__((target(PONDER_AVX512))) void block_step_avx512(
   // Scores: 16 keys at a time, their lane partials reduced together.
   for (int64_t r = r0; r < r1; ++r) {
     const float* qr = q + r * hd;
-    for (int64_t t0 = 0; t0 < n; t0 += 16) {
-      __m512 part[16];
-      const int64_t cnt = std::min<int64_t>(16, n - t0);
-      for (int t = 0; t < 16; ++t) {
-        part[t] = _mm512_setzero_ps();
-        if (t < cnt) {
-          const float* kr = kb + (t0 + t) * kv_stride;
-          for (int c = 0; c < kVecs; ++c)
-            part[t] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + c * 16), _mm512_loadu_ps(kr + c * 16),
-                                      part[t]);
-        }
-      }
-      const __mmask16 mask = cnt == 16 ? 0xffff : (1u << cnt) - 1;
-      _mm512_mask_storeu_ps(s + r * bs + t0, mask, reduce16(part));
+    int64_t t0 = 0;
+    for (; t0 + 16 <= n; t0 += 16)
+      _mm512_storeu_ps(s + r * bs + t0, scores16<kVecs, 16>(qr, kb + t0 * kv_stride, kv_stride));
+    if (t0 < n) {
+      const int64_t cnt = n - t0;
+      const __m512 tail = scores16<kVecs, 0>(qr, kb + t0 * kv_stride, kv_stride, cnt);
+      _mm512_mask_storeu_ps(s + r * bs + t0, static_cast<__mmask16>((1u << cnt) - 1), tail);
     }
   }
   // Online softmax, one row at a time.
@@ -397,33 +458,47 @@ __attribute__((target(PONDER_AVX512))) void block_step_avx512(
         _mm512_storeu_ps(ar + c * 16, _mm512_mul_ps(_mm512_loadu_ps(ar + c * 16), va));
     }
   }
-  // acc += P.V with kRows rows of accumulators held in registers across the block.
+  // acc += P.V, kRows rows of accumulators at a time.
   for (int64_t rb = r0; rb < r1; rb += kRows) {
-    const int nr = static_cast<int>(std::min<int64_t>(kRows, r1 - rb));
-    __m512 a[kRows][kVecs];
-    for (int rr = 0; rr < kRows; ++rr)
-      for (int c = 0; c < kVecs; ++c)
-        a[rr][c] = rr < nr ? _mm512_loadu_ps(acc + (rb + rr) * hd + c * 16) : _mm512_setzero_ps();
-    for (int64_t t = 0; t < n; ++t) {
-      const float* vr = vb + t * kv_stride;
-      __m512 v[kVecs];
-      for (int c = 0; c < kVecs; ++c) v[c] = _mm512_loadu_ps(vr + c * 16);
-      for (int rr = 0; rr < kRows; ++rr) {
-        if (rr < nr) {
-          const __m512 b = _mm512_set1_ps(s[(rb + rr) * bs + t]);
-          for (int c = 0; c < kVecs; ++c) a[rr][c] = _mm512_fmadd_ps(b, v[c], a[rr][c]);
-        }
-      }
+    float* a = acc + rb * hd;
+    const float* pr = s + rb * bs;
+    switch (std::min<int64_t>(kRows, r1 - rb)) {
+      case 4: if constexpr (kRows >= 4) pv_rows<kVecs, 4>(a, pr, bs, vb, kv_stride, n); break;
+      case 3: if constexpr (kRows >= 3) pv_rows<kVecs, 3>(a, pr, bs, vb, kv_stride, n); break;
+      case 2: if constexpr (kRows >= 2) pv_rows<kVecs, 2>(a, pr, bs, vb, kv_stride, n); break;
+      default: pv_rows<kVecs, 1>(a, pr, bs, vb, kv_stride, n); break;
     }
-    for (int rr = 0; rr < nr; ++rr)
-      for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(acc + (rb + rr) * hd + c * 16, a[rr][c]);
+  }
+}
+
+// Rows of kVecs * 16 elements in whole vectors: a vectorized loop over so short a row,
+// called per key, spent more in its prologue and epilogue than converting (bf16 decode: the
+// widening was ~30% of the kernel). One call per block and KV head: a target function cannot
+// be inlined into attend_blocks, which has none.
+template <typename T, int kVecs>
+__attribute__((target(PONDER_AVX512), noinline)) void widen_rows_avx512(
+    const T* k, const T* v, int64_t row_stride, int64_t n, float* k_wide, float* v_wide) {
+  for (int64_t t = 0; t < n; ++t) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kVecs; ++c) {
+      _mm512_storeu_ps(k_wide + t * kVecs * 16 + c * 16, load16<T>(k + t * row_stride + c * 16));
+      _mm512_storeu_ps(v_wide + t * kVecs * 16 + c * 16, load16<T>(v + t * row_stride + c * 16));
+    }
   }
 }
 
 template <typename T, int kVecs>
+struct WidenRowsAvx512 {
+  void operator()(const T* k, const T* v, int64_t row_stride, int64_t n, int64_t,
+                  float* k_wide, float* v_wide) const {
+    widen_rows_avx512<T, kVecs>(k, v, row_stride, n, k_wide, v_wide);
+  }
+};
+
+template <typename T, int kVecs>
 __attribute__((target(PONDER_AVX512))) void attend_avx512(const PagedAttentionParams& p,
                                                           const Tile& tile) {
-  attend_blocks<T>(p, tile, &block_step_avx512<kVecs>);
+  attend_blocks<T>(p, tile, &block_step_avx512<kVecs>, WidenRowsAvx512<T, kVecs>());
 }
 
 template <typename T>
