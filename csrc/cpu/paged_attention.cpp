@@ -226,20 +226,26 @@ __attribute__((always_inline)) inline void block_step(const Tile& tile, TileStat
 // -11% at batch 1, -25% at batch 16; greedy generation of 1024 tokens 80-87 -> 87-110 tok/s.
 constexpr int64_t kTouchBytes = 128 * 1024;  // K/V bytes touched per group
 
+// Touches the K and V rows [0, rows) of a block, KV heads [kv_begin, kv_begin + num_kv): every
+// cache line they overlap, also where a head's span does not start on a line.
 template <typename T>
 __attribute__((always_inline)) inline void touch_block(const PagedAttentionParams& p,
-                                                       const Tile& tile, const TileState& st,
-                                                       int32_t block, int64_t rows) {
-  const int64_t base = static_cast<int64_t>(block) * st.bs * st.row_stride + tile.kv_begin * st.hd;
-  const char* k = reinterpret_cast<const char*>(static_cast<const T*>(p.k_cache) + base);
-  const char* v = reinterpret_cast<const char*>(static_cast<const T*>(p.v_cache) + base);
-  const int64_t span = tile.num_kv * st.hd * static_cast<int64_t>(sizeof(T));
+                                                       const TileState& st, int32_t block,
+                                                       int64_t rows, int64_t kv_begin,
+                                                       int64_t num_kv) {
+  const int64_t base = static_cast<int64_t>(block) * st.bs * st.row_stride + kv_begin * st.hd;
+  const auto* k = reinterpret_cast<const char*>(static_cast<const T*>(p.k_cache) + base);
+  const auto* v = reinterpret_cast<const char*>(static_cast<const T*>(p.v_cache) + base);
+  const int64_t span = num_kv * st.hd * static_cast<int64_t>(sizeof(T));
   const int64_t stride = st.row_stride * static_cast<int64_t>(sizeof(T));
+  const int64_t lead = reinterpret_cast<uintptr_t>(k) % 64;  // K and V share the layout
   unsigned sum = 0;
   for (int64_t t = 0; t < rows; ++t)
-    for (int64_t off = 0; off < span; off += 64)
-      sum += *reinterpret_cast<const volatile unsigned char*>(k + t * stride + off) +
-             *reinterpret_cast<const volatile unsigned char*>(v + t * stride + off);
+    for (int64_t off = -lead; off < span; off += 64) {
+      const int64_t at = t * stride + std::max<int64_t>(off, 0);
+      sum += *reinterpret_cast<const volatile unsigned char*>(k + at) +
+             *reinterpret_cast<const volatile unsigned char*>(v + at);
+    }
   asm volatile("" : : "r"(sum));  // the loads are the point; keep them
 }
 
@@ -258,19 +264,24 @@ __attribute__((always_inline)) inline void attend_blocks(const PagedAttentionPar
   const T* v_cache = static_cast<const T*>(p.v_cache);
   float* k_wide = scratch().kv.data();
   float* v_wide = k_wide + bs * hd;
-  const int64_t touch_group = std::max<int64_t>(
-      1, kTouchBytes / (2 * bs * tile.num_kv * hd * static_cast<int64_t>(sizeof(T))));
+  // Whole blocks, as many as fit kTouchBytes; a block larger than that (long blocks, many
+  // heads) is touched one KV head at a time, just before the head is computed.
+  const int64_t block_bytes = 2 * bs * tile.num_kv * hd * static_cast<int64_t>(sizeof(T));
+  const bool per_head = block_bytes > kTouchBytes;
+  const int64_t touch_group = std::max<int64_t>(1, kTouchBytes / block_bytes);
   int64_t touched = tile.key_begin / bs;  // blocks before this one have been touched
   for (int64_t j = tile.key_begin / bs; j <= last_pos / bs; ++j) {
     const int64_t key0 = j * bs;
     const int64_t n = std::min(bs, last_pos + 1 - key0);
     const int64_t block_base = static_cast<int64_t>(table[j]) * bs * row_stride;
-    if (j == touched) {
+    if (!per_head && j == touched) {
       for (const int64_t end = std::min(last_pos / bs + 1, j + touch_group); touched < end;
            ++touched)
-        touch_block<T>(p, tile, st, table[touched], std::min(bs, last_pos + 1 - touched * bs));
+        touch_block<T>(p, st, table[touched], std::min(bs, last_pos + 1 - touched * bs),
+                       tile.kv_begin, tile.num_kv);
     }
     for (int64_t hh = 0; hh < tile.num_kv; ++hh) {
+      if (per_head) touch_block<T>(p, st, table[j], n, tile.kv_begin + hh, 1);
       const int64_t offset = block_base + (tile.kv_begin + hh) * hd;
       const int64_t r0 = hh * st.rows_per_head, r1 = r0 + st.rows_per_head;
       if constexpr (sizeof(T) == 4) {
@@ -352,9 +363,16 @@ constexpr int kRowsPerBlock = kVecs <= 4 ? 4 : (kVecs <= 8 ? 2 : 1);
 template <int kVecs, int kCount>
 __attribute__((target(PONDER_AVX512), always_inline)) inline __m512 scores16(
     const float* qr, const float* kb, int64_t kv_stride, int64_t cnt = 16) {
-  __m512 qv[kVecs];
+  // q stays in registers up to 8 vectors; at head_dim 256 it would leave no room for the
+  // partial sums, so it is read from L1 instead.
+  constexpr bool kQInRegs = kVecs <= 8;
+  __m512 qv[kQInRegs ? kVecs : 1];
+  if constexpr (kQInRegs) {
 #pragma GCC unroll 16
-  for (int c = 0; c < kVecs; ++c) qv[c] = _mm512_loadu_ps(qr + c * 16);
+    for (int c = 0; c < kVecs; ++c) qv[c] = _mm512_loadu_ps(qr + c * 16);
+  }
+  // (A macro, not a lambda: a lambda would not inherit the target.)
+#define PONDER_Q_AT(c) (kQInRegs ? qv[kQInRegs ? (c) : 0] : _mm512_loadu_ps(qr + (c) * 16))
   __m512 part[16];
 #pragma GCC unroll 16
   for (int t = 0; t < 16; ++t) {
@@ -363,14 +381,15 @@ __attribute__((target(PONDER_AVX512), always_inline)) inline __m512 scores16(
       const float* kr = kb + t * kv_stride;
 #pragma GCC unroll 16
       for (int c = 0; c + 1 < kVecs; c += 2) {
-        even = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(kr + c * 16), even);
-        odd = _mm512_fmadd_ps(qv[c + 1], _mm512_loadu_ps(kr + (c + 1) * 16), odd);
+        even = _mm512_fmadd_ps(PONDER_Q_AT(c), _mm512_loadu_ps(kr + c * 16), even);
+        odd = _mm512_fmadd_ps(PONDER_Q_AT(c + 1), _mm512_loadu_ps(kr + (c + 1) * 16), odd);
       }
       if constexpr (kVecs % 2 == 1)
-        even = _mm512_fmadd_ps(qv[kVecs - 1], _mm512_loadu_ps(kr + (kVecs - 1) * 16), even);
+        even = _mm512_fmadd_ps(PONDER_Q_AT(kVecs - 1), _mm512_loadu_ps(kr + (kVecs - 1) * 16), even);
     }
     part[t] = _mm512_add_ps(even, odd);
   }
+#undef PONDER_Q_AT
   return reduce16(part);
 }
 
@@ -473,8 +492,8 @@ __attribute__((target(PONDER_AVX512))) void block_step_avx512(
 
 // Rows of kVecs * 16 elements in whole vectors: a vectorized loop over so short a row,
 // called per key, spent more in its prologue and epilogue than converting (bf16 decode: the
-// widening was ~30% of the kernel). One call per block and KV head: a target function cannot
-// be inlined into attend_blocks, which has none.
+// widening was ~30% of the kernel). One call per block and KV head, deliberately not
+// inlined: attend_blocks carries no target attribute of its own.
 template <typename T, int kVecs>
 __attribute__((target(PONDER_AVX512), noinline)) void widen_rows_avx512(
     const T* k, const T* v, int64_t row_stride, int64_t n, float* k_wide, float* v_wide) {

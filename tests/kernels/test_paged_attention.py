@@ -12,7 +12,7 @@ Q_LENS = [1, 5, 17, 33, 203]  # the last sequence is a whole prefill
 
 
 @pytest.mark.parametrize("mode", ["decode", "extend"])
-@pytest.mark.parametrize("head_dim", [64, 96, 128])
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 256])
 @pytest.mark.parametrize("heads", HEADS)
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -72,7 +72,7 @@ def test_long_decode_splits_keys(dtype, block_size, heads):
     log-sum-exp. Lengths at and around the chunk edges; a sequence's output is the same
     bit for bit alone and in a batch (the split depends on its own length only)."""
     num_heads, num_kv_heads = heads
-    seq_lens = [2500, 1, 500, 512, 513, 1008, 1024, 1025, 3000]
+    seq_lens = [2500, 1, 500, 504, 505, 512, 513, 1008, 1009, 1024, 1025, 3000]
     k_cache, v_cache, tables, lens = make_paged(seq_lens, num_kv_heads, 64, block_size, dtype,
                                                 "cpu")
     g = torch.Generator().manual_seed(2)
@@ -80,7 +80,7 @@ def test_long_decode_splits_keys(dtype, block_size, heads):
     out = ops.paged_attention(query, k_cache, v_cache, tables, lens)
     ref = ref_paged_attention(query, k_cache, v_cache, tables, lens)
     torch.testing.assert_close(out.float(), ref, **TOLERANCES[dtype])
-    for i in (0, 4, 7):
+    for i in (0, 4, 6, 11):
         alone = ops.paged_attention(query[i:i + 1], k_cache, v_cache, tables[i:i + 1],
                                     lens[i:i + 1])
         assert torch.equal(alone, out[i:i + 1])
