@@ -565,6 +565,12 @@ AttendFn pick(int64_t head_dim) {
   return isa == Isa::kAvx2 ? &attend_avx2<T> : &attend_generic<T>;
 }
 
+// How many chunks of split_keys keys a decode sequence of seq_len keys is attended in (see
+// kSplitKeys): its own length only, never the batch's.
+inline int64_t num_key_splits(int64_t seq_len, int64_t split_keys) {
+  return (seq_len + split_keys - 1) / split_keys;
+}
+
 // Merges the splits of each decode token and head: out = sum_s acc_s e^(m_s - M) / L with
 // M = max_s m_s and L = sum_s l_s e^(m_s - M).
 template <typename T>
@@ -574,7 +580,7 @@ void merge_splits(const PagedAttentionParams& p, const float* partial, int64_t m
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t sh = 0; sh < p.batch * p.num_heads; ++sh) {
     const int64_t seq = sh / p.num_heads, head = sh % p.num_heads;
-    const int64_t splits = (p.seq_lens[seq] + split_keys - 1) / split_keys;
+    const int64_t splits = num_key_splits(p.seq_lens[seq], split_keys);
     const float* part = partial + (seq * max_splits * p.num_heads + head) * stride;
     float big = -std::numeric_limits<float>::infinity();
     for (int64_t sp = 0; sp < splits; ++sp)
@@ -607,7 +613,7 @@ void run(const PagedAttentionParams& p) {
   int64_t max_splits = 1;
   if (decode)
     for (int64_t b = 0; b < p.batch; ++b)
-      max_splits = std::max<int64_t>(max_splits, (p.seq_lens[b] + split_keys - 1) / split_keys);
+      max_splits = std::max(max_splits, num_key_splits(p.seq_lens[b], split_keys));
   // Whole sequences (all KV heads) stream contiguous blocks; split heads only when there
   // would otherwise be too few tasks to keep every thread busy.
   const int64_t threads = omp_get_max_threads();
