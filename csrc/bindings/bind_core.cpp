@@ -117,6 +117,9 @@ void bind_core(nb::module_& m) {
       .def("fork", &KvCacheManager::fork, nb::arg("seq_id"), nb::arg("pos"))
       .def("truncate", &KvCacheManager::truncate, nb::arg("seq_id"), nb::arg("pos"))
       .def("free", &KvCacheManager::free, nb::arg("seq_id"))
+      .def("uncache", &KvCacheManager::uncache, nb::arg("seq_id"),
+           "Drops the sequence's blocks from the prefix cache (their KV may be wrong: a forward "
+           "pass that failed after append registered them).")
       .def("free_many",
            [](KvCacheManager& m, const std::vector<int64_t>& ids) {
              for (int64_t id : ids)

@@ -159,4 +159,11 @@ void KvCacheManager::free(int64_t seq) {
   seqs_.erase(it);
 }
 
+void KvCacheManager::uncache(int64_t seq) {
+  Sequence& s = get_mut(seq);
+  if (prefix_cache_)
+    for (int32_t b : s.blocks) prefix_cache_->erase(b);
+  s.full_hashes.clear();
+}
+
 }  // namespace ponder::core

@@ -47,6 +47,9 @@ class KvCacheManager {
   // block is copied when either sequence next writes into it.
   int64_t fork(int64_t seq, int64_t pos);
   void free(int64_t seq);
+  // Drops the sequence's blocks from the prefix cache: their KV may be wrong (a forward pass
+  // that failed after append registered them), so no later request may take them.
+  void uncache(int64_t seq);
   // Drops tokens past pos (a rejected step); blocks no longer needed are released.
   void truncate(int64_t seq, int64_t pos);
 

@@ -100,6 +100,11 @@ class KvCacheManager:
 
     def free(self, seq_id: int) -> None: ...
 
+    def uncache(self, seq_id: int) -> None:
+        """
+        Drops the sequence's blocks from the prefix cache (their KV may be wrong: a forward pass that failed after append registered them).
+        """
+
     def free_many(self, seq_ids: Sequence[int]) -> None:
         """Frees a set of sequences (a pruned subtree) at once."""
 

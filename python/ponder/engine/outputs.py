@@ -22,6 +22,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
+    error: str | None = None       # why the request failed (its outputs end with "error")
 
     @property
     def text(self) -> str:
@@ -45,3 +46,14 @@ class BeamOutput:
     token_ids: list[int]
     text: str
     score: float
+
+
+class RequestError(RuntimeError):
+    """Some requests of a ``generate()`` call failed. ``failed`` holds their indices in the
+    prompt list and ``outputs`` every output, good and failed (each failed one carries its
+    ``error``), so nothing computed is lost."""
+
+    def __init__(self, failed: list[int], outputs: list, errors: list[str]):
+        self.failed, self.outputs, self.errors = failed, outputs, errors
+        listed = "; ".join(f"prompt {i}: {e}" for i, e in zip(failed, errors, strict=True))
+        super().__init__(f"{len(failed)} of {len(outputs)} requests failed ({listed})")

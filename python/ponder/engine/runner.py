@@ -109,9 +109,10 @@ class ModelRunner:
         lens = [len(s.token_ids) for s in seqs]
         ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64, count=sum(lens))
         positions = np.concatenate([np.arange(s.start_pos, s.start_pos + n, dtype=np.int64)
-                                    for s, n in zip(seqs, lens)])
+                                    for s, n in zip(seqs, lens, strict=True)])
         slots = np.concatenate([s.slots for s in seqs]).astype(np.int64, copy=False)
-        seq_lens = np.array([s.start_pos + n for s, n in zip(seqs, lens)], dtype=np.int32)
+        seq_lens = np.array([s.start_pos + n for s, n in zip(seqs, lens, strict=True)],
+                            dtype=np.int32)
         width = max(len(s.block_table) for s in seqs)
         tables = np.zeros((len(seqs), width), dtype=np.int32)
         for i, s in enumerate(seqs):

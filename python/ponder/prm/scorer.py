@@ -16,12 +16,13 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from ponder import ops
 from ponder._core import KvCacheManager
-from ponder.engine.runner import ModelRunner, ScheduledSeq
+from ponder.engine.runner import ModelRunner
+from ponder.engine.scheduler import Scheduler
+from ponder.engine.sequence import Sequence, SequenceStatus
 from ponder.models.loader import load_checkpoint
 from ponder.prm.formats import FORMATS, PrmFormat, resolve_format
 from ponder.tokenizer import Tokenizer
@@ -48,8 +49,7 @@ class _Item:
     create_upto: int              # else the prefix cache may supply ids[:create_upto]
     owner: PrmNode                # gets the scores
     keep: bool                    # the owner takes the KV sequence afterwards
-    kv_id: int | None = None
-    computed: int = 0
+    ran: int = 0                  # tokens its forward passes ran
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -57,7 +57,8 @@ def _lcp(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
-    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    # The lists differ within the shorter one's length, so zip's stopping there is intended.
+    return next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
 
 
 class PrmScorer:
@@ -101,6 +102,9 @@ class PrmScorer:
                                   lm_head=head == "lm", model=model)
         self.config = self.runner.config
         self.kv = KvCacheManager(self.runner.num_blocks, block_size, enable_prefix_cache)
+        # The same scheduler class as the policy's, over the PRM's pool; under pressure it
+        # takes back kept node KV (least recently used first).
+        self.scheduler = Scheduler(self.kv, max_batch_tokens, 1 << 30, reclaim=self._evict)
         self.head = self._load_head(head, tensors, dtype, device)
         self._kept: OrderedDict[int, PrmNode] = OrderedDict()  # nodes holding KV, LRU first
         self.stats = {"forward_passes": 0, "tokens_run": 0, "tokens_reused": 0, "scored": 0,
@@ -186,7 +190,7 @@ class PrmScorer:
             lcp = _lcp(parent.ids, enc.ids) if parent is not None else 0
             items.append(self._item(enc.ids, enc.positions, parent, lcp, node, keep))
         self._run(items)
-        for node, (_, _, steps) in zip(nodes, jobs):
+        for node, (_, _, steps) in zip(nodes, jobs, strict=True):
             if len(node.scores) != len(steps):
                 raise RuntimeError("PRM scoring lost a step")  # an internal invariant
         self.stats["scored"] += len(nodes)
@@ -207,101 +211,85 @@ class PrmScorer:
             return _Item(ids, list(rows), None, 0, 0, owner, keep)
         return _Item(ids, list(rows), parent, min(lcp, first), first, owner, keep)
 
-    def _start(self, item: _Item) -> None:
-        """Takes the item's shared prefix: a fork of its parent's KV, else whatever the
-        prefix cache holds (which includes items started earlier in this call)."""
+    def _sequence(self, item: _Item) -> Sequence:
+        """The item as a scheduler sequence that starts from its shared prefix: a fork of its
+        parent's KV while the parent holds one, else whatever the prefix cache holds (which
+        includes items started earlier in this call)."""
+        seq = Sequence(None, item.ids, wants_logits=False, cache_limit=item.create_upto,
+                       keep_kv=item.keep, payload=item)
         p = item.parent
         if p is not None and p.kv_id is not None and item.shared > 0:
-            item.kv_id = self.kv.fork(p.kv_id, item.shared)
+            seq.kv_id = self.kv.fork(p.kv_id, item.shared)
+            seq.computed = item.shared
             self._kept.move_to_end(p.kv_id)
-        else:
-            item.kv_id = self.kv.create(np.asarray(item.ids[:item.create_upto], dtype=np.int32))
-        item.computed = self.kv.length(item.kv_id)
+        return seq
 
     def _run(self, items: list[_Item]) -> None:
-        """Runs the items in as few forward passes as the token budget and pool allow."""
-        todo = list(items)
-        started: list[_Item] = []
+        """Runs the items through the PRM's scheduler in as few forward passes as the token
+        budget and the pool allow."""
+        seqs = [self._sequence(item) for item in items]
+        for seq in seqs:
+            self.scheduler.add(seq)
         try:
-            while todo:
-                batch, tokens = [], 0
-                protect = {i.parent.kv_id for i in todo if i.parent is not None}
-                while todo:
-                    item = todo[0]
-                    self._start(item)
-                    started.append(item)
-                    n = len(item.ids) - item.computed
-                    need = self.kv.blocks_needed(item.kv_id, n)
-                    if batch and (tokens + n > self.max_batch_tokens
-                                  or need > self.kv.num_free_blocks):
-                        self._drop(item)
-                        break
-                    if need > self.kv.num_free_blocks:
-                        self._evict(need, protect)
-                        if need > self.kv.num_free_blocks:
-                            raise RuntimeError(
-                                f"the PRM KV pool ({self.kv.num_blocks} blocks) cannot hold a "
-                                f"{len(item.ids)}-token scoring text; raise prm_kv_blocks")
-                    batch.append(self._reserve(item))
-                    todo.pop(0)
-                    tokens += n
-                self._forward(batch)
+            while self.scheduler.has_work():
+                batch = self.scheduler.schedule()
+                if batch.stopped:
+                    raise RuntimeError(
+                        f"the PRM KV pool ({self.kv.num_blocks} blocks) cannot hold a "
+                        f"{len(batch.stopped[0].tokens)}-token scoring text; raise "
+                        f"prm_kv_blocks")
+                if batch:
+                    self._forward(batch)
+                for seq in batch.seqs + batch.ready:
+                    if seq.computed >= seq.target:
+                        self._done(seq)
         finally:
-            for item in started:
-                self._drop(item)
+            for seq in seqs:
+                if not seq.finished:
+                    self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
 
-    def _drop(self, item: _Item) -> None:
-        if item.kv_id is not None:
-            self.kv.free(item.kv_id)
-            item.kv_id = None
+    def _done(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
+        item = seq.payload
+        self.stats["tokens_reused"] += max(0, len(item.ids) - item.ran)
+        if item.keep:
+            if item.owner.kv_id is not None:  # scored again: keep the newer sequence
+                self.release(item.owner)
+            item.owner.kv_id = seq.kv_id
+            self._kept[seq.kv_id] = item.owner
+            seq.kv_id = None
 
-    def _reserve(self, item: _Item) -> tuple[_Item, ScheduledSeq, list]:
-        run = item.ids[item.computed:]
-        res = self.kv.append(item.kv_id, np.asarray(run, dtype=np.int32))
-        if res is None:
-            raise RuntimeError("PRM KV pool accounting is inconsistent")
-        slots, cow = res
-        self.stats["tokens_run"] += len(run)
-        self.stats["tokens_reused"] += item.computed
-        return item, ScheduledSeq(run, item.computed, slots, self.kv.block_table(item.kv_id),
-                                  False), cow.tolist()
+    def _evict(self, blocks: int) -> None:
+        """The scheduler is short of blocks: frees kept node sequences, least recently used
+        first, until `blocks` are free."""
+        for kv_id in list(self._kept):
+            if self.kv.num_free_blocks >= blocks:
+                return
+            node = self._kept.pop(kv_id)
+            self.kv.free(kv_id)
+            node.kv_id = None
+            self.stats["evicted"] += 1
 
-    def _evict(self, blocks: int, protect: set) -> None:
-        """Frees kept node sequences, least recently used first (parents still needed by
-        this call last), until `blocks` are free."""
-        for pass_protected in (False, True):
-            for kv_id in list(self._kept):
-                if self.kv.num_free_blocks >= blocks:
-                    return
-                if (kv_id in protect) != pass_protected:
-                    continue
-                node = self._kept.pop(kv_id)
-                self.kv.free(kv_id)
-                node.kv_id = None
-                self.stats["evicted"] += 1
-
-    def _forward(self, batch: list) -> None:
-        copies, rows, offset = [], [], 0
-        for item, sched, cow in batch:
-            copies.extend(map(tuple, cow))
-            rows.extend(offset + p - item.computed for p in item.rows)
-            offset += len(sched.token_ids)
-            item.owner.tokens_run += len(sched.token_ids)
-        self.runner.copy_blocks(copies)
-        hidden, _ = self.runner.hidden_states([sched for _, sched, _ in batch])
+    def _forward(self, batch) -> None:
+        rows, offset = [], 0
+        for seq, work in zip(batch.seqs, batch.work, strict=True):
+            item, n = seq.payload, len(work.token_ids)
+            end = work.start_pos + n
+            rows.extend(offset + p - work.start_pos for p in item.rows
+                        if work.start_pos <= p < end)
+            offset += n
+            item.owner.tokens_run += n
+            self.stats["tokens_run"] += n
+            item.ran += n
+        self.runner.copy_blocks(batch.copies)
+        hidden, _ = self.runner.hidden_states(batch.work)
         self.stats["forward_passes"] += 1
         h = self.head
         idx = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         scores = ops.prm_head(hidden, idx, h["w2"], h["b2"], h["w1"], h["b1"]).tolist()
         at = 0
-        for item, _, _ in batch:
-            item.owner.scores.extend(scores[at:at + len(item.rows)])
-            at += len(item.rows)
-            if item.keep:
-                if item.owner.kv_id is not None:  # scored again: keep the newer sequence
-                    self.release(item.owner)
-                item.owner.kv_id = item.kv_id
-                self._kept[item.kv_id] = item.owner
-                item.kv_id = None
-            else:
-                self._drop(item)
+        for seq, work in zip(batch.seqs, batch.work, strict=True):
+            item, end = seq.payload, work.start_pos + len(work.token_ids)
+            k = sum(1 for p in item.rows if work.start_pos <= p < end)
+            item.owner.scores.extend(scores[at:at + k])
+            at += k

@@ -23,6 +23,7 @@ class SearchResult:
     candidates: list[Candidate]
     stats: dict
     tree: SearchTreeView
+    error: str | None = None       # why the search failed (answer "" and no candidates then)
 
 
 @dataclass

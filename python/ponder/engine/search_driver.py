@@ -1,9 +1,13 @@
-"""One live search inside the engine: drives its C++ strategy, turns planned expansions into
-step sequences (KV forked from the expanded node), and scores finished steps.
+"""One tree search inside the engine, as a client of its scheduler: it drives the C++
+strategy, turns planned expansions into step sequences and finished step sequences into
+nodes, and says when its nodes need scores.
 
-Every node keeps a KV sequence holding its path with the last token still pending, so a
-child is a fork plus one decode of that token. Nodes the strategy releases give their KV
-back at once (their blocks live on in the children that share them).
+It talks to the engine only through what it returns (sequences to schedule) and what it is
+handed (finished sequences, scores). Every node keeps a KV sequence holding its path with the
+last token still pending, so a child is a fork plus one decode of that token. Node KV is a
+cache: nodes the strategy releases give it back at once, and under KV pressure the engine
+takes it back (``reclaim``); a child of a node without KV is recomputed from the node's
+tokens (prefix-cache hits where blocks survive).
 """
 
 from __future__ import annotations
@@ -12,33 +16,44 @@ import math
 import time
 from collections.abc import Callable
 
+from ponder.engine.requests import Request
+from ponder.engine.sequence import Sequence
+from ponder.sampling import Sampling
 from ponder.search.answers import extract_answer
 from ponder.search.results import Candidate, SearchResult, SearchTreeView
 
 STREAM_STRIDE = 1 << 20  # RNG stream of a step = parent node * STREAM_STRIDE + ordinal
 
 
-class SearchRun:
-    def __init__(self, engine, req, question: str, spec, verifier: Callable | None,
-                 answer_fn: Callable[[str], str] | None):
-        self.engine, self.req, self.question, self.spec = engine, req, question, spec
+class SearchDriver(Request):
+    kind = "search"
+
+    def __init__(self, rid: int, question: str, prompt_ids: list[int], spec, seed: int,
+                 verifier: Callable | None, answer_fn: Callable | None, kv, prm,
+                 new_detok: Callable):
+        sampling = Sampling(max_tokens=spec.max_step_tokens, temperature=spec.policy_temperature,
+                            top_p=spec.top_p, stop=list(spec.step_stop), seed=seed)
+        super().__init__(rid, question, prompt_ids, sampling, seed)
+        self.question, self.spec, self.kv, self.new_detok = question, spec, kv, new_detok
         self.strategy = spec.build()
         self.tree = self.strategy.tree
         self.verifier = verifier
         # No verifier callable: the engine's PRM when it has one (scored incrementally, KV
         # per node), else the policy's own confidence.
-        self.prm = engine.prm if verifier is None else None
+        self.prm = prm if verifier is None else None
         self.prm_nodes: dict = {}                  # node -> ponder.prm.PrmNode
         self.prm_tokens: dict[int, int] = {}       # node -> PRM tokens its scoring ran
         self.to_score: list[int] = []
         self.children: list[int] = []
+        self.awaiting_scores = False
         self.answer_fn = answer_fn or extract_answer
-        self.node_kv: dict[int, int] = {}          # node -> KV sequence id
-        self.node_tokens: dict[int, list[int]] = {0: list(req.prompt_ids)}
+        self.node_kv: dict[int, int] = {}          # node -> KV sequence id (a cache)
+        self.node_tokens: dict[int, list[int]] = {0: list(prompt_ids)}
         self.node_text: dict[int, str] = {0: question}
         self.ordinals: dict[int, int] = {}
-        self.pending: list = []                    # step sequences of the current round
-        self.round_plan: list[tuple[int, int]] = []
+        self.root = Sequence(self, list(prompt_ids), hold=1, wants_logits=False, keep_kv=True)
+        self.pending: list[Sequence] = []          # step sequences of the current round
+        self.seqs = [self.root]
         self.done = False
         self.result: SearchResult | None = None
         self.t0 = time.perf_counter()
@@ -46,22 +61,29 @@ class SearchRun:
                       "forward_passes": 0, "score_calls": 0, "score_steps": 0, "prm_tokens": 0,
                       "peak_kv_blocks": 0, "peak_kv_blocks_unshared": 0, "rounds": 0}
 
-    # --- called by the engine -----------------------------------------------------------
-    def root_ready(self, root_seq) -> None:
-        self.node_kv[0] = root_seq.kv_id
-        root_seq.kv_id = None
-        self._next_round()
+    @property
+    def finished(self) -> bool:
+        return self.done
 
-    def step_done(self, seq) -> None:
+    # --- called by the engine -----------------------------------------------------------
+    def start(self) -> list[Sequence]:
+        return [self.root]
+
+    def on_finished(self, seq: Sequence) -> list[Sequence]:
+        if seq is self.root:
+            self.node_kv[0] = seq.kv_id
+            seq.kv_id = None
+            return self._next_round()
         if all(s.finished for s in self.pending):
             self._finish_round()
+        return []
 
     def note_forward(self) -> None:
         self.stats["forward_passes"] += 1
         blocks, unshared = set(), 0
         for kv_id in list(self.node_kv.values()) + [s.kv_id for s in self.pending
                                                     if s.kv_id is not None]:
-            table = self.engine.kv.block_table(kv_id)
+            table = self.kv.block_table(kv_id)
             blocks.update(table)
             unshared += len(table)
         self.stats["peak_kv_blocks"] = max(self.stats["peak_kv_blocks"], len(blocks))
@@ -69,60 +91,92 @@ class SearchRun:
         self.stats["peak_kv_blocks_unshared"] = max(self.stats["peak_kv_blocks_unshared"],
                                                     unshared)
 
-    def release_all(self) -> None:
+    def reclaim(self, blocks: int) -> None:
+        """Gives node KV back until `blocks` are free (deepest nodes last: they are the
+        likeliest to be expanded next)."""
+        for nid in sorted(self.node_kv):
+            if self.kv.num_free_blocks >= blocks:
+                return
+            self.kv.free(self.node_kv.pop(nid))
+
+    def release(self, kv) -> None:
         for node in self.prm_nodes.values():
             self.prm.release(node)
         self.prm_nodes.clear()
         for kv_id in self.node_kv.values():
-            if self.engine.kv.contains(kv_id):
-                self.engine.kv.free(kv_id)
+            kv.free(kv_id)
         self.node_kv.clear()
-        for s in self.pending:
-            if s.kv_id is not None and self.engine.kv.contains(s.kv_id):
-                self.engine.kv.free(s.kv_id)
-                s.kv_id = None
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        if not self.done:
+            self.done = True
+            self.result = self._result([])
+            self.result.error = self.error
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.done = True
+
+    def output(self) -> SearchResult | None:
+        return self.result
 
     # --- rounds -------------------------------------------------------------------------
-    def _next_round(self) -> None:
+    def _next_round(self) -> list[Sequence]:
         plan = [] if self.done else self.strategy.plan()
         if not plan:
             self._finish_search()
-            return
+            return []
         self.stats["rounds"] += 1
-        self.round_plan = plan
         self.pending = []
         for node, k in plan:
+            tokens = self.node_tokens[node]
             for _ in range(k):
                 j = self.ordinals.get(node, 0)
                 self.ordinals[node] = j + 1
-                self.pending.append(self.engine._new_step_seq(
-                    self, node, self.node_tokens[node], self.node_kv[node],
-                    node * STREAM_STRIDE + j))
-        self.req.seqs = self.pending
+                seq = Sequence(self, list(tokens), parent_node=node, keep_kv=True,
+                               stream=node * STREAM_STRIDE + j, detok=self.new_detok())
+                kv_id = self.node_kv.get(node)
+                if kv_id is not None:  # else the scheduler recomputes the node's tokens
+                    seq.kv_id = self.kv.fork(kv_id, len(tokens) - 1)
+                    seq.computed = len(tokens) - 1
+                self.pending.append(seq)
+        self.seqs = [self.root] + self.pending
+        return list(self.pending)
 
     def _finish_round(self) -> None:
         tree, st = self.tree, self.strategy
         children = []
         for seq in self.pending:
             step_tokens = seq.tokens[seq.base:]
-            finished = seq.ended_solution
-            cid = tree.add_child(seq.parent_node, len(step_tokens), seq.cum_logprob, finished)
+            cid = tree.add_child(seq.parent_node, len(step_tokens), seq.cum_logprob,
+                                 seq.ended_solution)
             children.append(cid)
             self.node_tokens[cid] = seq.tokens
             self.node_text[cid] = seq.text
-            self.node_kv[cid] = seq.kv_id
-            seq.kv_id = None
+            if seq.kv_id is not None:
+                self.node_kv[cid] = seq.kv_id
+                seq.kv_id = None
             self.stats["tokens_generated"] += len(step_tokens)
+        self.pending = []
         for cid in children:
             n = tree.node(cid)
             if n.finished or n.depth >= st.max_steps:
-                tree.set_answer(cid, self.answer_fn(self.solution_text(cid)))
+                tree.set_answer(cid, self._answer(cid))
         self.children = children
         self.to_score = [c for c in children if st.needs_score(c)]
-        self.pending = []
         # Scored at the end of the engine's step, in one batch with every other search whose
         # round ended in it; then after_scores() goes on.
-        self.engine._score_queue.append(self)
+        self.awaiting_scores = True
+
+    def _answer(self, node: int) -> str:
+        answer = self.answer_fn(self.solution_text(node))
+        if answer is None:
+            return ""
+        if not isinstance(answer, str):
+            raise TypeError(f"answer_fn must return a str or None, got "
+                            f"{type(answer).__name__}")
+        return answer
 
     def prm_jobs(self) -> list[tuple]:
         """(parent PRM node, question, steps) for each node to score: the parent is the
@@ -137,14 +191,16 @@ class SearchRun:
         return jobs
 
     def set_prm_scores(self, prm_nodes: list) -> None:
-        for c, node in zip(self.to_score, prm_nodes):
+        for c, node in zip(self.to_score, prm_nodes, strict=True):
             self.prm_nodes[c] = node
-            self.tree.set_path_scores(c, node.scores)
+            self._set_scores(c, node.scores, "the PRM")
             self.stats["prm_tokens"] += node.tokens_run
             self.prm_tokens[c] = node.tokens_run
         self.stats["score_steps"] += len(prm_nodes)
 
-    def after_scores(self) -> None:
+    def after_scores(self) -> list[Sequence]:
+        """Observes the scored round and plans the next; returns its step sequences."""
+        self.awaiting_scores = False
         st = self.strategy
         if self.prm is None:
             self._score(self.to_score)
@@ -154,12 +210,25 @@ class SearchRun:
         for nid in st.take_released():
             kv_id = self.node_kv.pop(nid, None)
             if kv_id is not None:
-                self.engine.kv.free(kv_id)
+                self.kv.free(kv_id)
             node = self.prm_nodes.pop(nid, None)
             if node is not None:
                 self.prm.release(node)
         self.to_score = self.children = []
-        self._next_round()
+        return self._next_round()
+
+    def _set_scores(self, node: int, scores, who: str) -> None:
+        n_steps = len(self.tree.path(node))
+        try:
+            values = [float(x) for x in scores]
+        except (TypeError, ValueError):
+            raise TypeError(f"{who} must return a list of numbers per solution, got "
+                            f"{scores!r}") from None
+        if len(values) != n_steps:
+            raise ValueError(f"{who} returned {len(values)} scores for {n_steps} steps")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{who} returned a score that is not finite: {values}")
+        self.tree.set_path_scores(node, values)
 
     def _score(self, nodes: list[int]) -> None:
         if not nodes:
@@ -177,19 +246,21 @@ class SearchRun:
         steps = [self.steps(c) for c in nodes]
         self.stats["score_steps"] += sum(len(s) for s in steps)
         if batch is not None:
-            results = batch(self.question, steps)
+            results = list(batch(self.question, steps))
+            if len(results) != len(nodes):
+                raise ValueError(f"the verifier's batch returned {len(results)} results for "
+                                 f"{len(nodes)} solutions")
         else:
             results = [self.verifier(self.question, s) for s in steps]
-        for c, s, r in zip(nodes, steps, results):
-            r = [float(x) for x in r]
-            if len(r) != len(s):
-                raise ValueError(f"verifier returned {len(r)} scores for {len(s)} steps")
-            self.tree.set_path_scores(c, r)
+        for c, r in zip(nodes, results, strict=True):
+            self._set_scores(c, r, "the verifier")
 
     def _finish_search(self) -> None:
         self.done = True
-        self.release_all()
-        ranking = self.strategy.ranking()
+        self.release(self.kv)
+        self.result = self._result(self.strategy.ranking())
+
+    def _result(self, ranking: list[int]) -> SearchResult:
         cands = [Candidate(n, self.solution_text(n), self.steps(n),
                            list(self.tree.node(n).path_scores), self.tree.node(n).answer)
                  for n in ranking]
@@ -198,8 +269,7 @@ class SearchRun:
         self.stats["wall_ms"] = round((time.perf_counter() - self.t0) * 1000, 1)
         view = SearchTreeView(self.question, self.strategy.name, self._nodes(),
                               self.tree.path(best.node) if best else [])
-        self.result = SearchResult(best.answer if best else "", best, cands, dict(self.stats),
-                                   view)
+        return SearchResult(best.answer if best else "", best, cands, dict(self.stats), view)
 
     # --- text -----------------------------------------------------------------------------
     def steps(self, node: int) -> list[str]:
