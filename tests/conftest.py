@@ -56,3 +56,14 @@ def smollm2_hf(smollm2_gguf):
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(smollm2_hf, tmp_path_factory):
+    """A tiny random Llama policy with SmolLM2's tokenizer and chat template: fast searches
+    over arbitrary text (its steps mostly end at max_step_tokens)."""
+    from tests.prm.tiny_prm import build
+
+    path = str(tmp_path_factory.mktemp("policy") / "policy")
+    build("policy", path, smollm2_hf, seed=1)
+    return path

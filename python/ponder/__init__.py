@@ -7,7 +7,13 @@ import torch  # noqa: F401  (loads torch's OpenMP runtime first, so ponder share
 from ponder import _core, ops
 from ponder._core import KvCacheManager
 from ponder.engine.engine import Engine
-from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput, StepEvent
+from ponder.engine.outputs import (
+    BeamOutput,
+    CompletionOutput,
+    RequestError,
+    RequestOutput,
+    StepEvent,
+)
 from ponder.sampling import Sampling
 from ponder.search.specs import (
     DVTS,
@@ -33,6 +39,7 @@ __all__ = [
     "MCTS",
     "ParticleFilter",
     "ParticleGibbs",
+    "RequestError",
     "RequestOutput",
     "Sampling",
     "SearchSpec",

@@ -170,15 +170,6 @@ def check_tree(tiny_prms, fmt, res):
 
 
 @pytest.fixture(scope="module")
-def tiny_policy(smollm2_hf, tmp_path_factory):
-    """A tiny random policy with SmolLM2's tokenizer: fast searches over arbitrary text
-    (its steps end at max_step_tokens)."""
-    path = str(tmp_path_factory.mktemp("policy") / "policy")
-    build("policy", path, smollm2_hf, seed=1)
-    return path
-
-
-@pytest.fixture(scope="module")
 def engines(tiny_policy, smollm2_hf, tiny_prms):
     cache = {}
 

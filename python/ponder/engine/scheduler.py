@@ -85,44 +85,38 @@ class Scheduler:
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
+        for seq in list(self.running):
+            if budget <= 0:
+                break
             n = min(seq.target - seq.computed, budget)
-            if n <= 0:
-                i += 1
+            if n <= 0 or seq.status is not SequenceStatus.RUNNING:  # idle, or preempted here
                 continue
             if self._make_room(seq, n, batch):
                 self._reserve(seq, n, batch)
                 budget -= n
-                i += 1
-            elif seq.status is SequenceStatus.RUNNING:
-                # Nothing left to take from: the pool is full of work already in this batch
-                # (recompute this one later) or of this sequence alone (it is done).
-                if batch:
-                    self._preempt(seq)
-                else:
-                    self._stop_full(seq, batch)
+            elif batch:
+                # The pool is full of work already in this batch: recompute this one later.
+                self._preempt(seq)
+            else:
+                self._stop_full(seq, batch)  # the pool holds this sequence alone: it is done
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.popleft()  # before _make_room, which may queue victims first
             if seq.kv_id is None:
                 seq.kv_id = self.kv.create(np.asarray(seq.tokens[:seq.prefix_limit],
                                                       dtype=np.int32))
                 seq.computed = self.kv.length(seq.kv_id)
             n = min(seq.target - seq.computed, budget)
             if n <= 0 and not seq.wants_logits:
-                self.waiting.popleft()
                 self.add_running(seq)
                 batch.ready.append(seq)
                 continue
             if not self._make_room(seq, n, batch):
                 if not batch and not self.running:
-                    self.waiting.popleft()
                     self._stop_full(seq, batch)
                     continue
                 self.free_kv(seq)  # whatever it took from the prefix cache stays cached
+                self.waiting.appendleft(seq)
                 break
-            self.waiting.popleft()
             self.add_running(seq)
             self._reserve(seq, n, batch)
             budget -= n
@@ -130,21 +124,25 @@ class Scheduler:
 
     def _make_room(self, seq: Sequence, n: int, batch: ScheduledBatch) -> bool:
         """Frees blocks until n tokens fit in seq: idle KV first, then the newest running
-        sequence not in this batch (never seq itself: the caller decides about that)."""
-        need = self.kv.blocks_needed(seq.kv_id, n)
-        if need <= self.kv.num_free_blocks:
+        sequence not in this batch (never seq itself: the caller decides about that). The
+        need is asked again after each release: freeing a block's other holder can spare
+        seq a copy-on-write."""
+        def fits() -> bool:
+            return self.kv.blocks_needed(seq.kv_id, n) <= self.kv.num_free_blocks
+
+        if fits():
             return True
         for other in reversed(self.waiting):
             if other is not seq and other.kv_id is not None:
                 self.free_kv(other)
-                if need <= self.kv.num_free_blocks:
+                if fits():
                     return True
         if self.reclaim is not None:
-            self.reclaim(need)
-            if need <= self.kv.num_free_blocks:
+            self.reclaim(self.kv.blocks_needed(seq.kv_id, n))
+            if fits():
                 return True
         in_batch = {id(s) for s in batch.seqs}
-        while need > self.kv.num_free_blocks:
+        while not fits():
             victim = next((s for s in reversed(self.running)
                            if s is not seq and id(s) not in in_batch), None)
             if victim is None:

@@ -92,8 +92,15 @@ class SearchDriver(Request):
                                                     unshared)
 
     def reclaim(self, blocks: int) -> None:
-        """Gives node KV back until `blocks` are free (deepest nodes last: they are the
-        likeliest to be expanded next)."""
+        """Gives KV back until `blocks` are free: first that of this round's finished steps
+        (waiting for their siblings), then node KV (deepest nodes last: they are the likeliest
+        to be expanded next). A node without KV is recomputed when it is expanded."""
+        for seq in self.pending:
+            if self.kv.num_free_blocks >= blocks:
+                return
+            if seq.finished and seq.kv_id is not None:
+                self.kv.free(seq.kv_id)
+                seq.kv_id = None
         for nid in sorted(self.node_kv):
             if self.kv.num_free_blocks >= blocks:
                 return

@@ -1,0 +1,130 @@
+"""KV pressure is scheduling, not failure: with a pool just large enough for one sequence,
+seeded generations and every search strategy give the same tokens and trees as with a pool
+that never runs short (preempted sequences are recomputed, searches run their steps in
+waves, node KV is taken back and recomputed); a sequence that fills the pool finishes with
+"length"; nothing leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+import ponder
+
+Q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+BLOCK = 4
+STEPS, STEP_TOKENS = 3, 8
+
+
+def verifier(question, steps):
+    """Scores from the text alone, so a tree is reproducible to the last bit."""
+    return [int.from_bytes(hashlib.sha256(s.encode()).digest()[:4], "little") / 2**32
+            for s in steps]
+
+
+SPECS = {
+    "best_of_n": lambda seed: ponder.BestOfN(n=4, seed=seed, **_common()),
+    "beam": lambda seed: ponder.BeamSearch(n=8, width=2, seed=seed, **_common()),
+    "dvts": lambda seed: ponder.DVTS(n=4, width=2, seed=seed, **_common()),
+    "particle_filter": lambda seed: ponder.ParticleFilter(n=4, seed=seed, **_common()),
+    "particle_gibbs": lambda seed: ponder.ParticleGibbs(n=3, iterations=2, seed=seed,
+                                                       **_common()),
+    "astar": lambda seed: ponder.AStar(k=3, budget=4, seed=seed, **_common()),
+    "mcts": lambda seed: ponder.MCTS(simulations=4, k=2, seed=seed, dirichlet=0.3, **_common()),
+}
+
+
+def _common():
+    return dict(max_steps=STEPS, max_step_tokens=STEP_TOKENS)
+
+
+def _tree(res):
+    assert res.error is None
+    nodes = json.loads(res.tree.to_json())["nodes"]
+    assert len(nodes) > 1
+    return [(n["parent"], n["text"], n["num_tokens"], round(n["score"], 9), n["answer"])
+            for n in nodes]
+
+
+def _tight_blocks(eng) -> int:
+    """Blocks for the longest path of one search, and not one more."""
+    longest = len(eng.tokenizer.encode_chat([{"role": "user", "content": Q}]))
+    longest += STEPS * STEP_TOKENS + 1
+    return -(-longest // BLOCK)
+
+
+@pytest.fixture(scope="module")
+def roomy(tiny_policy):
+    return ponder.Engine(tiny_policy, kv_blocks=4096, block_size=BLOCK)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_search_trees_equal_under_a_pool_for_one_sequence(tiny_policy, roomy, name):
+    seeds = [11, 12]
+    want = [_tree(roomy.search(Q, SPECS[name](s), prm=verifier)) for s in seeds]
+    tight = ponder.Engine(tiny_policy, kv_blocks=_tight_blocks(roomy), block_size=BLOCK)
+    ids = [tight.add_request(Q, SPECS[name](s), prm=verifier) for s in seeds]
+    while tight.has_unfinished():
+        tight.step()
+    got = [_tree(tight.output(i)) for i in ids]
+    assert got == want
+    assert tight.stats["preemptions"] > 0  # the pool really was too small to run them at once
+    assert tight.kv.stats()["used"] == 0 and not tight.kv.sequence_ids()
+
+
+def test_generate_equal_under_a_pool_for_one_sequence(tiny_policy, roomy):
+    prompts = [[5 + i, 17, 33, 8 * i + 1, 91, 4] * (i + 1) for i in range(4)]
+    sp = ponder.Sampling(max_tokens=20, temperature=0.9, top_p=0.95, n=3, seed=5,
+                         ignore_eos=True)
+    want = [[c.token_ids for c in o.outputs] for o in roomy.generate(prompts, sp)]
+    longest = max(len(p) for p in prompts) + 20
+    tight = ponder.Engine(tiny_policy, kv_blocks=-(-longest // BLOCK), block_size=BLOCK,
+                          max_num_batched_tokens=32)
+    got = tight.generate(prompts, sp)
+    assert len(got) == len(prompts)
+    assert [[c.token_ids for c in o.outputs] for o in got] == want
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 20
+               for o in got for c in o.outputs)
+    assert tight.stats["preemptions"] > 0
+    assert tight.kv.stats()["used"] == 0
+
+
+def test_token_beam_search_equal_under_pressure(tiny_policy, roomy):
+    prompt = [7, 300, 41, 9, 77, 1000, 5]
+    want = roomy.beam_search(prompt, width=4, max_tokens=12)
+    tight = ponder.Engine(tiny_policy, kv_blocks=9, block_size=BLOCK)
+    got = tight.beam_search(prompt, width=4, max_tokens=12)
+    assert [(b.token_ids, round(b.score, 5)) for b in got] == \
+        [(b.token_ids, round(b.score, 5)) for b in want]
+    assert tight.stats["preemptions"] > 0 and tight.kv.stats()["used"] == 0
+
+
+def test_a_sequence_that_fills_the_pool_finishes_with_length(tiny_policy):
+    eng = ponder.Engine(tiny_policy, kv_blocks=8, block_size=BLOCK)  # 32 tokens
+    outs = eng.generate([[5, 6, 7], [9, 10, 11, 12, 13]],
+                        ponder.Sampling(max_tokens=400, seed=1, ignore_eos=True))
+    assert len(outs) == 2
+    for o in outs:
+        assert o.error is None and o.outputs[0].finish_reason == "length"
+        assert len(o.prompt_token_ids) + len(o.outputs[0].token_ids) == 32
+    assert eng.kv.stats()["used"] == 0
+    # A search whose steps reach the pool's end: those steps end the solution ("length").
+    eng = ponder.Engine(tiny_policy, kv_blocks=16, block_size=BLOCK)  # 64 tokens
+    res = eng.search(Q[:20], ponder.BestOfN(n=2, max_steps=8, max_step_tokens=8, seed=3),
+                     prm=verifier)
+    assert res.error is None and len(res.candidates) == 2
+    for c in res.candidates:
+        node = json.loads(res.tree.to_json())["nodes"][c.node]
+        assert node["finished"] and node["depth"] < 8  # ended by the pool, not max_steps
+    assert eng.kv.stats()["used"] == 0
+
+
+def test_a_prompt_that_can_never_fit_is_refused_at_the_door(tiny_policy):
+    eng = ponder.Engine(tiny_policy, kv_blocks=8, block_size=BLOCK)
+    with pytest.raises(ValueError, match="context"):
+        eng.add_request(list(range(5, 40)), ponder.Sampling(max_tokens=4))
+    with pytest.raises(ValueError, match="context"):
+        eng.add_request("word " * 40, ponder.BestOfN(n=2))
+    assert not eng.has_unfinished()
