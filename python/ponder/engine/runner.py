@@ -84,6 +84,21 @@ class ModelRunner:
         return max(int(budget // self.block_bytes), min(needed, 64))
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Applies copy-on-write copies in the order they were made. Under KV pressure a
+        block copied from early in a step can be freed and handed out again (as another
+        copy's destination) later in the same step, so the copies go in as few kernel calls
+        as keep that order: a call never reads a block another of its copies writes."""
+        group: list[tuple[int, int]] = []
+        touched: set[int] = set()
+        for src, dst in copies:
+            if src in touched or dst in touched:
+                self._copy(group)
+                group, touched = [], set()
+            group.append((src, dst))
+            touched.update((src, dst))
+        self._copy(group)
+
+    def _copy(self, copies: list[tuple[int, int]]) -> None:
         if copies:
             src = torch.tensor([c[0] for c in copies], dtype=torch.int64, device=self.device)
             dst = torch.tensor([c[1] for c in copies], dtype=torch.int64, device=self.device)
