@@ -10,6 +10,7 @@ import hashlib
 import json
 
 import pytest
+import torch
 
 import ponder
 
@@ -128,3 +129,18 @@ def test_a_prompt_that_can_never_fit_is_refused_at_the_door(tiny_policy):
     with pytest.raises(ValueError, match="context"):
         eng.add_request("word " * 40, ponder.BestOfN(n=2))
     assert not eng.has_unfinished()
+
+
+def test_copies_keep_their_order_when_a_source_is_reused_in_the_same_step(tiny_policy):
+    """Under pressure a block copied early in a step can be freed and handed out again as a
+    later copy's destination: the copies must apply in the order they were made."""
+    eng = ponder.Engine(tiny_policy, kv_blocks=8, block_size=BLOCK)
+    for i, (k, v) in enumerate(eng.runner.kv_caches):
+        for b in range(8):
+            k[b].fill_(100 * i + b)
+            v[b].fill_(-(100 * i + b))
+    eng.runner.copy_blocks([(1, 5), (7, 1), (5, 2)])
+    for i, (k, v) in enumerate(eng.runner.kv_caches):
+        got = [int(k[b].flatten()[0]) - 100 * i for b in range(8)]
+        assert got == [0, 7, 1, 3, 4, 1, 6, 7]
+        assert torch.equal(v, -k)
