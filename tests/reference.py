@@ -54,7 +54,7 @@ def ref_paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_quer
 
 def ref_copy_blocks(k_caches, v_caches, src, dst):
     ks, vs = [c.clone() for c in k_caches], [c.clone() for c in v_caches]
-    for s, d in zip(src.tolist(), dst.tolist()):
+    for s, d in zip(src.tolist(), dst.tolist(), strict=True):
         for c in ks + vs:
             c[d] = c[s]
     return ks, vs

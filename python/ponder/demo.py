@@ -114,7 +114,8 @@ def run(problems=PROBLEMS, n: int = 8, html: str | None = "ponder-demo-tree.html
     while eng.has_unfinished():
         eng.step()
     outs = [eng.output(i) for i in ids]
-    correct = sum(extract_answer(o.text) == str(a) for o, (_, a) in zip(outs, problems))
+    correct = sum(extract_answer(o.text) == str(a)
+                  for o, (_, a) in zip(outs, problems, strict=True))
     prog.tick()
     rows.append(dict(strategy="greedy", correct=correct, total=len(problems),
                      tokens=eng.stats["tokens_generated"] - tok0,

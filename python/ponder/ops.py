@@ -365,7 +365,7 @@ def _check_sampling_params(num_rows, temperature, top_p, min_p):
         return  # the binding reports dtype and shape errors
     flags = torch.stack([bad(t).any() for _, t, bad in checks]).tolist()
     ranges = {"temperature": "[0, inf)", "top_p": "(0, 1]", "min_p": "[0, 1]"}
-    for (name, _, _), flag in zip(checks, flags):
+    for (name, _, _), flag in zip(checks, flags, strict=True):
         if flag:
             raise ValueError(f"{name} holds a value outside {ranges[name]}")
 

@@ -94,7 +94,7 @@ def ponder_beam_search(model, prompt, width, max_new_tokens, length_penalty, ear
             logprobs = processor(None, logprobs)
         parents, tokens = st.step(logprobs)
         assert parents.dtype == np.int64 and tokens.dtype == np.int64
-        beams = [beams[p] + [t] for p, t in zip(parents.tolist(), tokens.tolist())]
+        beams = [beams[p] + [t] for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
     assert beams == [] and st.num_running == 0
     return st.finalize(), st.num_steps
 
@@ -102,7 +102,7 @@ def ponder_beam_search(model, prompt, width, max_new_tokens, length_penalty, ear
 def assert_same(ours, theirs):
     (beams, steps), (ref_beams, ref_steps) = ours, theirs
     assert [t for t, _ in beams] == [t for t, _ in ref_beams]
-    for (_, score), (_, ref) in zip(beams, ref_beams):
+    for (_, score), (_, ref) in zip(beams, ref_beams, strict=True):
         assert score == pytest.approx(ref, rel=1e-5, abs=1e-6)
     assert steps == ref_steps
 
@@ -183,7 +183,8 @@ def test_wrong_length_penalty_breaks_equality(models):
     # The comparison has teeth: a driver with another length penalty gets other scores.
     (beams, _), (ref, _) = (ponder_beam_search(models[96], PROMPTS[0], 4, 10, 1.5, False, [EOS], 4),
                             hf_beam_search(models[96], PROMPTS[0], 4, 10, 1.0, False, [EOS], 4))
-    assert any(s != pytest.approx(r, rel=1e-5) or t != u for (t, s), (u, r) in zip(beams, ref))
+    assert any(s != pytest.approx(r, rel=1e-5) or t != u
+               for (t, s), (u, r) in zip(beams, ref, strict=True))
 
 
 def test_score_is_penalized_sum_of_logprobs(models):

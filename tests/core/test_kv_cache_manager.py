@@ -61,7 +61,7 @@ class KvMachine(RuleBasedStateMachine):
         for src, dst in copies:
             self.cache[dst * BLOCK_SIZE:(dst + 1) * BLOCK_SIZE] = \
                 self.cache[src * BLOCK_SIZE:(src + 1) * BLOCK_SIZE]
-        for slot, t in zip(slots.tolist(), tokens):
+        for slot, t in zip(slots.tolist(), tokens, strict=True):
             assert self.m.ref_count(slot // BLOCK_SIZE) == 1, "wrote a shared block"
             self.cache[slot] = t
         self.seqs[sid].extend(tokens)

@@ -53,7 +53,7 @@ def split_encode(tok, text, rng, max_pieces=6):
     many ways (down to single bytes of a UTF-8 character)."""
     cuts = sorted(rng.sample(range(1, len(text)), min(max_pieces, len(text) - 1))) \
         if len(text) > 1 else []
-    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)], strict=True)]
     return [i for p in pieces for i in tok.encode(p, add_special_tokens=False)]
 
 
@@ -254,12 +254,12 @@ def test_states_are_independent_and_feed_many_matches_feed(smol):
     states = [_core.StopState() for _ in seqs]
     got = [[] for _ in seqs]
     pos = [0] * len(seqs)
-    while any(p < len(s) for p, s in zip(pos, seqs)):
+    while any(p < len(s) for p, s in zip(pos, seqs, strict=True)):
         live = [i for i, s in enumerate(seqs) if pos[i] < len(s)]
         rng.shuffle(live)
         live = live[:rng.randint(1, len(live))]
         out = m.feed_many([states[i] for i in live], [seqs[i][pos[i]] for i in live])
-        for i, r in zip(live, out):
+        for i, r in zip(live, out, strict=True):
             got[i].append(r)
             pos[i] += 1
     assert got == want

@@ -36,8 +36,8 @@ def test_matches_transformers(tiny, width, length_penalty, early_stopping):
                              early_stopping=early_stopping, num_return_sequences=num_return,
                              eos_token_id=EOS, pad_token_id=0, output_scores=True,
                              return_dict_in_generate=True)
-    assert len(beams) == num_return
-    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores):
+    assert len(beams) == len(ref.sequences) == num_return
+    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores, strict=True):
         want = seq[len(prompt):].tolist()
         if EOS in want:  # HF pads finished beams after their EOS
             want = want[:want.index(EOS) + 1]
@@ -56,7 +56,8 @@ def test_min_tokens_matches_transformers(tiny, min_tokens):
                              max_new_tokens=12, min_new_tokens=min_tokens,
                              num_return_sequences=4, eos_token_id=EOS, pad_token_id=0,
                              output_scores=True, return_dict_in_generate=True)
-    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores):
+    assert len(beams) == len(ref.sequences) == 4
+    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores, strict=True):
         want = seq[len(prompt):].tolist()
         if EOS in want:
             want = want[:want.index(EOS) + 1]
@@ -69,6 +70,7 @@ def test_min_tokens_matches_transformers(tiny, min_tokens):
 def test_some_beams_end_with_eos(tiny):
     _, eng = tiny
     beams = eng.beam_search([7, 99, 14, 3, 56, 120, 8], width=4, max_tokens=12, num_return=4)
+    assert len(beams) == 4
     assert any(b.token_ids[-1] == EOS for b in beams)
 
 

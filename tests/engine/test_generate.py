@@ -27,7 +27,8 @@ def test_greedy_matches_transformers(tiny):
     eng = ponder.Engine(path, kv_blocks=64)
     outs = eng.generate(PROMPTS, ponder.Sampling(max_tokens=20, temperature=0.0,
                                                  ignore_eos=True))
-    for prompt, out in zip(PROMPTS, outs):
+    assert len(outs) == len(PROMPTS)
+    for prompt, out in zip(PROMPTS, outs, strict=True):
         assert out.outputs[0].token_ids == hf_greedy(model, prompt, 20)
         assert out.outputs[0].finish_reason == "length"
     assert eng.kv.stats()["used"] == 0

@@ -54,6 +54,8 @@ def test_same_tree_alone_and_batched(eng, cls, kw):
     while eng.has_unfinished():
         eng.step()
     batched = eng.output(rid)
+    assert alone.error is None and batched.error is None
+    assert len(_shape(alone)) > 1  # the search grew a tree: equal shapes are not trivial
     assert _shape(batched) == _shape(alone)
     assert batched.answer == alone.answer
     eng.output(other), eng.output(gen)
@@ -63,6 +65,7 @@ def test_same_tree_alone_and_batched(eng, cls, kw):
 def test_result_structure_and_page(eng, tmp_path):
     verifier, _ = calls_verifier()
     res = eng.search(Q1, small(ponder.BestOfN, n=3), prm=verifier)
+    assert res.error is None and len(res.candidates) == 3  # best-of-n ranks all n
     assert res.best is res.candidates[0]
     for c in res.candidates:
         assert len(c.steps) == len(c.scores) >= 1

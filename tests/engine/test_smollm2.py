@@ -26,7 +26,8 @@ def _chat_ids(tok, text):
 def test_greedy_token_exact(engines):
     eng, hf, tok = engines
     outs = eng.generate(CHATS, ponder.Sampling(max_tokens=32, temperature=0.0))
-    for text, out in zip(CHATS, outs):
+    assert len(outs) == len(CHATS)
+    for text, out in zip(CHATS, outs, strict=True):
         ids = _chat_ids(tok, text)
         assert out.prompt_token_ids == ids
         with torch.no_grad():
@@ -43,7 +44,8 @@ def test_beam4_token_exact(engines, text):
         ref = hf.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, num_beams=4,
                           num_return_sequences=4, output_scores=True,
                           return_dict_in_generate=True)
-    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores):
+    assert len(beams) == len(ref.sequences) == 4
+    for b, seq, score in zip(beams, ref.sequences, ref.sequences_scores, strict=True):
         want = seq[len(ids):].tolist()
         while want and want[-1] == hf.generation_config.pad_token_id and b.token_ids != want:
             want.pop()

@@ -18,7 +18,7 @@ def test_matches_reference_exactly(device, dtype, block_size):
     k_dev = [c.to(device) for c in k_caches]
     v_dev = [c.to(device) for c in v_caches]
     ops.copy_blocks(k_dev, v_dev, src.to(device), dst.to(device))
-    for got, want in zip(k_dev + v_dev, k_ref + v_ref):
+    for got, want in zip(k_dev + v_dev, k_ref + v_ref, strict=True):
         assert torch.equal(got.cpu(), want)
 
 

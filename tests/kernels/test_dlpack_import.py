@@ -125,7 +125,7 @@ def test_copy_blocks_sequences(wrap):
     ref_k, ref_v = ref_copy_blocks(k_caches, v_caches, src, dst)
     _core.copy_blocks([wrap(c) for c in k_caches], tuple(wrap(c) for c in v_caches), wrap(src),
                       wrap(dst))
-    assert all(torch.equal(a, b) for a, b in zip(k_caches + v_caches, ref_k + ref_v))
+    assert all(torch.equal(a, b) for a, b in zip(k_caches + v_caches, ref_k + ref_v, strict=True))
 
 
 def test_sample_same_through_both_paths():
@@ -141,7 +141,7 @@ def test_sample_same_through_both_paths():
         return outs
 
     fast, slow = run(lambda t: t), run(via_dlpack)
-    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow, strict=True))
 
 
 def test_non_tensors_name_the_argument():

@@ -82,7 +82,7 @@ def test_uniform_matches_reference(device):
     logits = torch.zeros(n, vocab, device=device)
     out = sample(logits, seed=seeds, seq_ids=seq_ids, positions=positions)
     want = [math.floor(ref_philox_uniform(s, q, p) * vocab)
-            for s, q, p in zip(seeds.tolist(), seq_ids.tolist(), positions.tolist())]
+            for s, q, p in zip(seeds.tolist(), seq_ids.tolist(), positions.tolist(), strict=True)]
     assert out.tokens.tolist() == want
 
 

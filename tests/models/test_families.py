@@ -52,7 +52,7 @@ def test_prefill_and_decode_match_transformers(family_dir):
                 torch.testing.assert_close(logits[b], ref, atol=2e-5, rtol=1e-4,
                                            msg=f"{family} step {step} seq {b}")
         nxt = [int(torch.argmax(logits[b])) for b in range(len(seqs))]
-        for s, t in zip(seqs, nxt):
+        for s, t in zip(seqs, nxt, strict=True):
             s.append(t)
         logits = _run(runner, kv, [[t] for t in nxt], ids)  # decode, one token each
 

@@ -21,7 +21,7 @@ def _decode_logits(runner, fused, steps=4):
     out = []
     for step in range(steps + 1):
         sched = []
-        for sid, toks in zip(ids, new):
+        for sid, toks in zip(ids, new, strict=True):
             start = kv.length(sid)
             slots, _ = kv.append(sid, np.asarray(toks, dtype=np.int32))
             sched.append(ScheduledSeq(list(toks), start, slots, kv.block_table(sid), True))
@@ -40,7 +40,8 @@ def test_fused_decode_is_the_per_op_path(family, dtype, tmp_path):
     fused = _decode_logits(runner, True)
     assert runner.model._decode_layers is not None  # the fused path ran
     per_op = _decode_logits(runner, False)
-    for a, b in zip(fused, per_op):
+    assert len(fused) == len(per_op) == 4  # one logits tensor per decode step
+    for a, b in zip(fused, per_op, strict=True):
         assert torch.equal(a, b)
 
 

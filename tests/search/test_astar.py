@@ -62,7 +62,7 @@ def test_matches_reference(seed, k, budget, depth_cost):
     st, d = run(seed, k, budget, depth_cost, max_steps=7)
     pops, solution, ranking, labels = reference(ToyLM(seed), k, budget, depth_cost, 7)
     assert [n for n, _ in d.expansions] == pops           # pop order, node by node
-    assert all(c == k for _, c in d.expansions)
+    assert d.expansions and all(c == k for _, c in d.expansions)
     assert len(st.tree) == len(labels)
     for i in range(1, len(labels)):
         assert d.labels[i] == labels[i]
@@ -139,7 +139,7 @@ class ReleaseDriver(Driver):
 def test_releases_each_expanded_node_once():
     st = _core.AStarStrategy(3, 15, max_steps=6)
     d = ReleaseDriver(st, ToyLM(4)).run()
-    assert len(d.released) == len(set(d.released))
+    assert d.expansions and len(d.released) == len(set(d.released))
     for round_, (node, _) in enumerate(d.expansions):
         assert d.released_after[node] == round_ + 1  # freed as soon as its children exist
     for i in range(len(st.tree)):

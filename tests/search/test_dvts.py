@@ -123,6 +123,7 @@ def test_releases_every_node_once():
     d.run()
     released += st.take_released()
     expanded = {v for v, _ in d.expansions}
+    assert expanded and st.done
     assert len(released) == len(set(released)) == len(st.tree)
     assert expanded <= set(released)
 

@@ -92,7 +92,7 @@ class RefMCTS:
         top = max(logps)
         probs = [math.exp(lp - top) for lp in logps]
         total = sum(probs)
-        for s, p in zip(steps, probs):
+        for s, p in zip(steps, probs, strict=True):
             path = node.path + (s.label,)
             child = Node(node, p / total, verifier(path), path,
                          s.finished or len(path) >= self.max_steps, len(self.nodes))
@@ -105,7 +105,7 @@ class RefMCTS:
         total = sum(g)
         noise = [x / total if total > 0 else 1.0 / len(g) for x in g]
         frac = self.noise_weight
-        for child, n in zip(node._children, noise):
+        for child, n in zip(node._children, noise, strict=True):
             child.prior_p = child.prior_p * (1 - frac) + n * frac
 
     def _simulate(self):
@@ -167,7 +167,7 @@ def test_matches_reference(seed, k, c_puct, dirichlet, noise_seed, sims):
     compare(st, d, ref)
     assert st.simulations_done == sims == st.tree.node(0).visits
     assert st.ranking()[0] == ref.answer()
-    assert all(c == k for _, c in d.expansions)
+    assert d.expansions and all(c == k for _, c in d.expansions)
 
 
 def test_gamma_draws_match_and_are_gamma_distributed():
@@ -247,7 +247,7 @@ def test_releases_each_node_once():
 
     st = _core.MCTSStrategy(25, 3, max_steps=6)
     d = ReleaseDriver(st, ToyLM(1)).run()
-    assert len(d.released) == len(set(d.released))
+    assert d.expansions and len(d.released) == len(set(d.released))
     for round_, (node, _) in enumerate(d.expansions):
         assert d.released_after[node] == round_ + 1  # expanded once: freed with its children
     assert sorted(d.released) == list(range(len(st.tree)))  # the rest when the search ends

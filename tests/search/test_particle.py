@@ -152,8 +152,8 @@ def assert_same(st, d, want, tree, log):
     assert [tuple(tree.path[i]) for i in range(len(tree.path))] == [
         d.labels[i] for i in range(len(st.tree))]
     hist = st.history
-    assert len(hist) == len(log["history"])
-    for h, (it, rnd, nodes, lw, w, idx) in zip(hist, log["history"]):
+    assert hist and len(hist) == len(log["history"])
+    for h, (it, rnd, nodes, lw, w, idx) in zip(hist, log["history"], strict=True):
         assert (h.iteration, h.round, h.nodes, h.indices) == (it, rnd, nodes, idx)
         assert np.allclose(h.log_weights, lw, rtol=0, atol=1e-12)
         assert np.allclose(h.weights, w, rtol=0, atol=1e-12)
@@ -210,6 +210,7 @@ def test_gibbs_with_one_iteration_is_the_filter():
     a = _core.ParticleFilterStrategy(6, seed=9, max_steps=7)
     b = _core.ParticleGibbsStrategy(6, 1, seed=9, num_ref_particles=0, max_steps=7)
     da, db = Driver(a, lm).run(), Driver(b, lm).run()
+    assert da.expansions and a.ranking()
     assert da.expansions == db.expansions and a.ranking() == b.ranking()
 
 
@@ -277,7 +278,7 @@ def test_release(iterations, seed):
     rec = Recorder(st)
     Driver(rec, ToyLM(seed)).run()
     # every node is released exactly once, and never expanded after its release
-    assert sorted(rec.released_at) == list(range(len(st.tree)))
+    assert rec.expanded_at and sorted(rec.released_at) == list(range(len(st.tree)))
     for node, rounds in rec.expanded_at.items():
         assert max(rounds) <= rec.released_at[node], node
     if iterations == 1:
@@ -299,6 +300,9 @@ def test_budgets_hold(kind):
     st = make(max_score_calls=20)
     Driver(st, ToyLM(2)).run()
     assert st.done and 20 <= st.score_calls < 20 + 8
+    # Stopped mid-search: the particles still unfinished are left out of the ranking.
+    unfinished = {p for p in st.particles if not st.tree.node(p).finished}
+    assert unfinished and not unfinished & set(st.ranking())
     for node in st.ranking():
         assert st.tree.node(node).finished
     st = _core.ParticleFilterStrategy(4, max_steps=3)

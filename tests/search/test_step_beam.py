@@ -47,7 +47,7 @@ def select_answer(pool, how, select):
     if select == "naive":
         return answers[int(np.argmax(scores))]
     groups = defaultdict(float)
-    for a, s in zip(answers, scores):
+    for a, s in zip(answers, scores, strict=True):
         groups[a] += s if select == "weighted" else 1
     return max(groups, key=groups.get)
 

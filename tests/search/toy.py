@@ -52,7 +52,7 @@ class ToyLM:
         p = self.probs(path)
         u = _h(self.seed, "u", path, ordinal)
         acc = 0.0
-        for lab, q in zip(LABELS, p):  # noqa: B007 (lab is the sampled label)
+        for lab, q in zip(LABELS, p, strict=True):  # noqa: B007 (lab is the sampled label)
             acc += q
             if u < acc:
                 break
@@ -78,6 +78,8 @@ class Driver:
         self.expansions: list[tuple[int, int]] = []
 
     def run(self, max_rounds: int = 10_000):
+        """Plans, generates, scores and observes until the strategy plans nothing; a strategy
+        that still plans after max_rounds rounds fails the test (it would never end)."""
         tree = self.st.tree
         for _ in range(max_rounds):
             plan = self.st.plan()
@@ -102,4 +104,8 @@ class Driver:
                 tree.set_path_scores(c, [verifier(p[:i + 1]) for i in range(len(p))])
             self.st.count_score_calls(len(scored))
             self.st.observe(children)
+        else:
+            plan = self.st.plan()
+            if plan:
+                raise AssertionError(f"the strategy still plans {plan} after {max_rounds} rounds")
         return self

@@ -103,7 +103,7 @@ def run_transformers(model, tok, question, spec, verifier, system):
         steps = [[texts[p].strip() for p in tree.path(c)] for c in scored]
         batch = getattr(verifier, "batch", None)  # one call for the round, as PRMs batch
         results = batch(question, steps) if batch else [verifier(question, s) for s in steps]
-        for c, r in zip(scored, results):
+        for c, r in zip(scored, results, strict=True):
             tree.set_path_scores(c, r)
         st.count_score_calls(len(scored))
         st.observe(children)

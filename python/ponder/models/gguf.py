@@ -354,16 +354,15 @@ def _tokenizer(meta: dict) -> tuple[str, dict]:
         "unk_token": token_of("unknown_token_id"),
         "pad_token": token_of("padding_token_id"),
     }
-    specials = [
-        t
-        for t, kind in zip(tokens, token_types)
-        if kind == _TOKEN_CONTROL and control_ok(t)
-    ]
+    # A file without token types has no control or user-defined tokens; one with them has a
+    # type per token.
+    typed = list(zip(tokens, token_types, strict=True)) if token_types else []
+    specials = [t for t, kind in typed if kind == _TOKEN_CONTROL and control_ok(t)]
     specials += [t for t in named.values() if t is not None and t not in specials]
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in specials])
     user_defined = [
         AddedToken(t, normalized=False, special=False)
-        for t, kind in zip(tokens, token_types)
+        for t, kind in typed
         if kind == _TOKEN_USER_DEFINED and t in vocab
     ]
     if user_defined:
@@ -402,7 +401,7 @@ def _merges_from_scores(
     # token it makes (SentencePiece merges the best-scoring piece first); ties go to the longer
     # left piece, then the longer right piece, as transformers orders them.
     candidates = []
-    for token, score in dict(zip(tokens, scores)).items():
+    for token, score in dict(zip(tokens, scores, strict=True)).items():
         pieces = [
             (token[:i], token[i:]) for i in range(1, len(token))
             if token[:i] in vocab and token[i:] in vocab

@@ -179,7 +179,7 @@ class CausalLM(nn.Module):
                                         [k for k, _ in kv_caches], [v for _, v in kv_caches])
         rope = (cos, sin, positions)
         residual = None
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
             x, residual = layer(x, residual, rope, meta, k_cache, v_cache)
         return self.norm(x, residual)
 
@@ -258,7 +258,7 @@ class CausalLM(nn.Module):
             placed = _place_in_arena([params[n] for n in order], dtype)
         else:
             placed = [params[n].to(device=device, dtype=dtype).contiguous() for n in order]
-        for name, t in zip(order, placed):
+        for name, t in zip(order, placed, strict=True):
             module_name, _, attr = name.rpartition(".")
             module = self.get_submodule(module_name)
             setattr(module, attr, nn.Parameter(t, requires_grad=False))
@@ -329,7 +329,7 @@ def _place_in_arena(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[tor
         total += -(-t.numel() * elem // 64) * 64  # each tensor 64-byte aligned
     raw = huge_page_buffer(total)
     out = []
-    for t, off in zip(tensors, offsets):
+    for t, off in zip(tensors, offsets, strict=True):
         n = t.numel() * elem
         dst = raw[off:off + n].view(dtype).view(t.shape)
         if unique[id(t)] == len(out):

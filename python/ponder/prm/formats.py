@@ -183,7 +183,7 @@ class RLHFlowFormat(PrmFormat):
                 raise ValueError("the PRM chat template does not render assistant turns after "
                                  "its generation prompt (format rlhflow)")
         enc, offsets = self._at_chars_offsets(text, chars, add_special_tokens=False)
-        for p, c in zip(enc.positions, chars):
+        for p, c in zip(enc.positions, chars, strict=True):
             if p + 1 >= len(offsets) or offsets[p + 1][0] != c + 1:
                 raise ValueError("the PRM tokenizer merges the assistant's '+' with the text "
                                  "before it (format rlhflow)")
