@@ -85,3 +85,24 @@ def test_bad_arguments(tiny):
             eng.beam_search([5, 6], **args)
     with pytest.raises(ValueError, match="empty"):
         eng.beam_search([], width=2, max_tokens=3)
+
+
+def test_batches_with_other_requests(tiny):
+    """A beam search is a client of the engine's scheduler: generations queued before it are
+    served in the same forward passes, and neither result changes."""
+    model, eng = tiny
+    prompt = [7, 99, 14, 3, 56, 120, 8]
+    alone = eng.beam_search(prompt, width=4, max_tokens=12, num_return=2)
+    gen = ponder.Sampling(max_tokens=20, temperature=0.8, seed=9, ignore_eos=True)
+    want = eng.generate([[5, 6, 7]], gen)[0].outputs[0].token_ids
+    passes = eng.stats["forward_passes"]
+    rid = eng.add_request([5, 6, 7], gen)
+    beams = eng.beam_search(prompt, width=4, max_tokens=12, num_return=2)
+    assert [(b.token_ids, b.score) for b in beams] == [(b.token_ids, b.score) for b in alone]
+    shared = eng.stats["forward_passes"] - passes
+    while eng.has_unfinished():
+        eng.step()
+    assert eng.output(rid).outputs[0].token_ids == want
+    # The generation's 20 tokens rode along with the beams' passes (12 at most).
+    assert eng.stats["forward_passes"] - passes == shared + max(0, 20 - shared)
+    assert eng.kv.stats()["used"] == 0
