@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ponder._validate import (
+    INT32_MAX,
+    check_bool,
+    check_float,
+    check_int,
+    check_int_list,
+    check_seed,
+    check_strings,
+)
+
 
 @dataclass
 class Sampling:
     """How to sample one request.
 
-    temperature 0 is greedy. top_k <= 0, top_p = 1 and min_p = 0 disable those filters.
+    temperature 0 is greedy. top_k 0 or -1, top_p = 1 and min_p = 0 disable those filters.
     stop: strings that end a completion (not included in its text); stop_token_ids: token ids
     that end it (included). seed: None draws one from the engine's seed and the request id.
     logprobs: how many top log-probabilities to return per token (None: only the chosen one).
+
+    Everything that needs no model is checked here (a wrong type is a TypeError, a value out
+    of range a ValueError); the engine checks top_k, logprobs and stop_token_ids against its
+    vocabulary when the request is added.
     """
 
     max_tokens: int = 16
@@ -28,28 +42,19 @@ class Sampling:
     ignore_eos: bool = False
 
     def __post_init__(self):
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not isinstance(self.top_k, int):
-            raise ValueError(f"top_k must be an int, got {self.top_k!r}")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p!r}")
-        if not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be an int >= 1, got {self.n!r}")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError("stop must hold non-empty strings")
-        self.stop_token_ids = [int(t) for t in (self.stop_token_ids or [])]
-        if self.logprobs is not None and (not isinstance(self.logprobs, int) or self.logprobs < 0):
-            raise ValueError(f"logprobs must be None or an int >= 0, got {self.logprobs!r}")
-        if self.seed is not None and not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
+        self.max_tokens = check_int("max_tokens", self.max_tokens, 1)
+        self.temperature = check_float("temperature", self.temperature, 0.0)
+        self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        # The sampler takes top_k as int32.
+        self.top_k = check_int("top_k", self.top_k, -1, INT32_MAX)
+        self.min_p = check_float("min_p", self.min_p, 0.0, 1.0)
+        self.n = check_int("n", self.n, 1)
+        self.stop = check_strings("stop", self.stop)
+        self.stop_token_ids = check_int_list("stop_token_ids", self.stop_token_ids, 0, INT32_MAX)
+        self.seed = check_seed("seed", self.seed)
+        if self.logprobs is not None:
+            self.logprobs = check_int("logprobs", self.logprobs, 0, INT32_MAX)
+        self.ignore_eos = check_bool("ignore_eos", self.ignore_eos)
 
     @property
     def greedy(self) -> bool:

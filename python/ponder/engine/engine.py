@@ -11,11 +11,11 @@ forward pass that fails finishes the requests in that batch and the engine serve
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 
 from ponder._core import KvCacheManager
+from ponder._validate import INT32_MAX, check_float, check_int
 from ponder.engine.args import check_engine_args
 from ponder.engine.outputs import BeamOutput, RequestError, RequestOutput, StepEvent
 from ponder.engine.processor import OutputProcessor
@@ -490,17 +490,14 @@ class Engine:
         blocks, copy-on-write). Best first. min_tokens: EOS is barred until this many tokens
         are generated (transformers' ``min_new_tokens``: its log-probability is set to -inf,
         the rest not renormalized)."""
-        for name, v, lo in (("width", width, 1), ("max_tokens", max_tokens, 1),
-                            ("min_tokens", min_tokens, 0)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if not isinstance(num_return, int) or not 1 <= num_return <= width:
-            raise ValueError(f"num_return must be in [1, width], got {num_return!r}")
+        width = check_int("width", width, 1, INT32_MAX)
+        max_tokens = check_int("max_tokens", max_tokens, 1, INT32_MAX)
+        min_tokens = check_int("min_tokens", min_tokens, 0, INT32_MAX)
+        num_return = check_int("num_return", num_return, 1, width)
         if early_stopping not in (True, False, "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got "
                              f"{early_stopping!r}")
-        if not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty):
-            raise ValueError(f"length_penalty must be a finite number, got {length_penalty!r}")
+        length_penalty = check_float("length_penalty", length_penalty)
         text, ids = self._prompt_ids(prompt, chat)
         max_tokens = min(max_tokens, self.max_context - len(ids))
         req = BeamRequest(next(self._ids), text, ids, width, max_tokens, length_penalty,

@@ -12,6 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ponder import _core
+from ponder._validate import (
+    INT32_MAX,
+    INT64_MAX,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_seed,
+    check_strings,
+)
+
+# What the C++ parses (csrc/core/search/tree.cpp, selection.cpp), checked here at construction.
+CHOICES = {"aggregation": ("last", "min", "prod", "mean"),
+           "select": ("naive", "weighted", "majority")}
 
 
 @dataclass
@@ -25,40 +39,50 @@ class SearchSpec:
     top_p: float = 1.0
     seed: int | None = None
 
+    def __post_init__(self):
+        self._check_common()
+
     def _check_common(self):
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an int >= 1, got {self.max_steps!r}")
-        if self.max_tokens < 0 or self.max_score_calls < 0:
-            raise ValueError("max_tokens and max_score_calls must be >= 0 (0: unlimited)")
-        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
-            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
-        if isinstance(self.step_stop, str):
-            self.step_stop = [self.step_stop]
-        if not self.step_stop or any(not isinstance(s, str) or not s for s in self.step_stop):
-            raise ValueError("step_stop must hold non-empty strings")
-        if not self.policy_temperature > 0:
-            raise ValueError(f"policy_temperature must be > 0 for search, got "
-                             f"{self.policy_temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        """Checks the shared fields; every strategy's __post_init__ calls it first. Counts
+        the C++ strategies hold as int32 are capped at 2**31 - 1, so that a huge one is a
+        ValueError here rather than an overflow in the binding at build()."""
+        if type(self) is SearchSpec:
+            raise TypeError("SearchSpec is the base of the search strategies and is not one "
+                            "itself: use ponder.BestOfN, BeamSearch, DVTS, ParticleFilter, "
+                            "ParticleGibbs, AStar or MCTS")
+        self.max_steps = check_int("max_steps", self.max_steps, 1, INT32_MAX)
+        self.max_tokens = check_int("max_tokens", self.max_tokens, 0, INT64_MAX)
+        self.max_score_calls = check_int("max_score_calls", self.max_score_calls, 0, INT64_MAX)
+        self.step_stop = check_strings("step_stop", self.step_stop, allow_empty_list=False)
+        self.max_step_tokens = check_int("max_step_tokens", self.max_step_tokens, 1)
+        self.policy_temperature = check_float("policy_temperature", self.policy_temperature,
+                                              0.0, lo_open=True)
+        self.top_p = check_float("top_p", self.top_p, 0.0, 1.0, lo_open=True)
+        self.seed = check_seed("seed", self.seed)
 
     def _positive_ints(self, *names: str) -> None:
         for name in names:
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            setattr(self, name, check_int(name, getattr(self, name), 1, INT32_MAX))
 
     def _check_width(self) -> None:
         self._positive_ints("n", "width")
         if self.n % self.width:
             raise ValueError(f"n ({self.n}) must be a multiple of width ({self.width})")
 
+    def _choices(self, *names: str) -> None:
+        for name in names:
+            setattr(self, name, check_choice(name, getattr(self, name), CHOICES[name]))
+
+    def _check_resampling(self) -> None:
+        self.temperature = check_float("temperature", self.temperature, 0.0, lo_open=True)
+
     def _budget(self) -> dict:
         return dict(max_tokens=self.max_tokens, max_score_calls=self.max_score_calls,
                     max_steps=self.max_steps)
 
     def build(self):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define build(): a search "
+                                  f"strategy subclass must return its _core strategy")
 
 
 @dataclass
@@ -72,11 +96,7 @@ class BestOfN(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._positive_ints("n")
-        if self.aggregation not in ("last", "min", "prod", "mean"):
-            raise ValueError(f"aggregation must be last, min, prod or mean, got "
-                             f"{self.aggregation!r}")
-        if self.select not in ("naive", "weighted", "majority"):
-            raise ValueError(f"select must be naive, weighted or majority, got {self.select!r}")
+        self._choices("aggregation", "select")
 
     def build(self):
         return _core.BestOfNStrategy(self.n, self.aggregation, self.select, **self._budget())
@@ -94,8 +114,8 @@ class ParticleFilter(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._positive_ints("n")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        self._check_resampling()
+        self._choices("aggregation")
 
     def build(self):
         return _core.ParticleFilterStrategy(self.n, self.temperature,
@@ -117,8 +137,11 @@ class ParticleGibbs(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._positive_ints("n", "iterations")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        self._check_resampling()
+        self._choices("aggregation")
+        # The reference particles are kept from the last iteration: at least one must be new.
+        self.num_ref_particles = check_int("num_ref_particles", self.num_ref_particles, 0,
+                                           self.n - 1)
 
     def build(self):
         return _core.ParticleGibbsStrategy(self.n, self.iterations, self.temperature,
@@ -127,7 +150,7 @@ class ParticleGibbs(SearchSpec):
 
 
 def _seed64(seed: int | None) -> int:
-    return 0 if seed is None else seed % 2**64
+    return 0 if seed is None else seed  # checked to be in [0, 2**63) at construction
 
 
 @dataclass
@@ -146,7 +169,9 @@ class BeamSearch(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._check_width()
-        if self.lookahead != 0:
+        self._choices("aggregation", "select")
+        self.filter_duplicates = check_bool("filter_duplicates", self.filter_duplicates)
+        if check_int("lookahead", self.lookahead) != 0:
             raise ValueError("lookahead > 0 is not supported: search-and-learn never scores the "
                              "lookahead text, and a step expansion cannot ask for greedy rollouts")
 
@@ -169,6 +194,7 @@ class DVTS(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._check_width()
+        self._choices("aggregation", "select")
 
     def build(self):
         return _core.DVTSStrategy(self.n, self.width, self.aggregation, self.select,
@@ -188,7 +214,9 @@ class AStar(SearchSpec):
 
     def __post_init__(self):
         self._check_common()
-        self._positive_ints("k", "budget")
+        self._positive_ints("k")
+        self.budget = check_int("budget", self.budget, 1, INT64_MAX)
+        self.depth_cost = check_float("depth_cost", self.depth_cost, 0.0)
 
     def build(self):
         return _core.AStarStrategy(self.k, self.budget, self.depth_cost, **self._budget())
@@ -208,8 +236,8 @@ class MCTS(SearchSpec):
     def __post_init__(self):
         self._check_common()
         self._positive_ints("simulations", "k")
-        if self.c_puct < 0 or self.dirichlet < 0:
-            raise ValueError("c_puct and dirichlet must be >= 0")
+        self.c_puct = check_float("c_puct", self.c_puct, 0.0)
+        self.dirichlet = check_float("dirichlet", self.dirichlet, 0.0)
 
     def build(self):
         return _core.MCTSStrategy(self.simulations, self.k, self.c_puct, self.dirichlet,
