@@ -29,8 +29,9 @@ import ponder
 
 EXAMPLES = int(os.environ.get("PONDER_FUZZ_EXAMPLES", "300"))
 QUESTIONS = ["What is 2 + 3?", "Tom has 3 apples and buys 4 more. How many?", "Name a color."]
-# (kv_blocks, block_size): each holds the longest sequence below, and not much more.
-POOLS = [(14, 4), (18, 4), (7, 8), (10, 8), (4, 16)]
+# (kv_blocks, block_size, max_num_seqs): each pool holds the longest sequence below and not
+# much more; a small max_num_seqs runs a search's steps in waves.
+POOLS = [(14, 4, 256), (18, 4, 2), (7, 8, 3), (10, 8, 256), (4, 16, 1), (12, 4, 1)]
 STEPS, STEP_TOKENS = 2, 4
 STRATEGIES = {
     "bon": lambda s: ponder.BestOfN(n=2, seed=s, **_common()),
@@ -73,9 +74,9 @@ class Harness:
 
     def engine(self, pool):
         if pool not in self.engines:
-            blocks, size = pool
+            blocks, size, seqs = pool
             self.engines[pool] = ponder.Engine(self.path, kv_blocks=blocks, block_size=size,
-                                               max_num_batched_tokens=24)
+                                               max_num_batched_tokens=24, max_num_seqs=seqs)
         return self.engines[pool]
 
     def reference(self, key):

@@ -144,3 +144,32 @@ def test_copies_keep_their_order_when_a_source_is_reused_in_the_same_step(tiny_p
         got = [int(k[b].flatten()[0]) - 100 * i for b in range(8)]
         assert got == [0, 7, 1, 3, 4, 1, 6, 7]
         assert torch.equal(v, -k)
+
+
+def test_abort_at_any_step_of_a_search_in_waves_frees_everything(tiny_policy):
+    """max_num_seqs=1 runs a round's steps one after another (waves), so between steps some
+    have finished (their KV kept for their nodes) and some wait: an abort at any step, or a
+    failure, must free all of it."""
+    eng = ponder.Engine(tiny_policy, kv_blocks=64, block_size=BLOCK, max_num_seqs=1)
+    spec = ponder.BestOfN(n=3, max_steps=2, max_step_tokens=4, seed=1)
+    total = 0
+    for k in range(40):
+        rid = eng.add_request(Q, spec, prm=verifier)
+        for _ in range(k):
+            eng.step()
+        if not eng.has_unfinished():
+            total = k
+            eng.output(rid)
+            break
+        eng.abort(rid)
+        assert eng.kv.stats()["used"] == 0 and not eng.kv.sequence_ids(), k
+    assert total > 10  # the aborts above covered every step of a whole search
+
+    def late_failure(question, steps):
+        if len(steps) > 1:
+            raise RuntimeError("late")
+        return [0.5] * len(steps)
+
+    with pytest.raises(RuntimeError, match="late"):
+        eng.search(Q, spec, prm=late_failure)
+    assert eng.kv.stats()["used"] == 0 and not eng.kv.sequence_ids()

@@ -107,6 +107,12 @@ class SearchDriver(Request):
             self.kv.free(self.node_kv.pop(nid))
 
     def release(self, kv) -> None:
+        """Frees the KV the search holds: its nodes', the PRM's for its nodes, and that of
+        this round's steps that finished before it ended (the rest are the scheduler's)."""
+        for seq in self.pending:
+            if seq.finished and seq.kv_id is not None:
+                kv.free(seq.kv_id)
+                seq.kv_id = None
         for node in self.prm_nodes.values():
             self.prm.release(node)
         self.prm_nodes.clear()
