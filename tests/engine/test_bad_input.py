@@ -228,6 +228,12 @@ GENERATE = [
      lambda e: e.add_request([5], ponder.Sampling(stop_token_ids=[3, 160]))),
     ("stop-without-tokenizer", V, "stop",
      lambda e: e.add_request([5], ponder.Sampling(stop=["x"]))),
+    ("prm-for-a-generation", T, "prm", lambda e: e.add_request([5], GOOD, prm=lambda q, s: s)),
+    ("answer_fn-for-a-generation", T, "answer_fn",
+     lambda e: e.add_request([5], GOOD, answer_fn=str)),
+    ("system_prompt-int", T, "system_prompt", lambda e: e.add_request([5], GOOD, system_prompt=3)),
+    ("chat-str", T, "chat", lambda e: e.add_request([5], GOOD, chat="yes")),
+    ("prompts-empty-list", T, "prompts", lambda e: e.generate([], GOOD)),
 ]
 GENERATE_STR = [
     ("str-empty-third-of-three", V, r"(?s)prompt.*\b2\b",

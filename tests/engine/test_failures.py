@@ -147,3 +147,25 @@ def test_streamed_events_end_every_failed_completion(tiny_llama):
                     (good, 0): "length"}
     assert eng.output(rid).error and eng.output(good).error is None
     clean(eng)
+
+
+def test_an_error_while_processing_a_token_fails_that_request_alone(tiny_llama, monkeypatch):
+    """Output processing (stop strings, text) that raises for one request's token ends that
+    request; the others in the batch still get theirs and go on."""
+    eng = ponder.Engine(tiny_llama, kv_blocks=64)
+    real = eng.processor.append
+
+    def append(seq, *args):
+        if seq.req.seed == 666 and seq.num_generated == 2:
+            raise ValueError("cannot read this token")
+        return real(seq, *args)
+
+    monkeypatch.setattr(eng.processor, "append", append)
+    ids = [eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=s, ignore_eos=True))
+           for s in (1, 666, 2)]
+    drain(eng)
+    outs = [eng.output(i) for i in ids]
+    assert "cannot read this token" in outs[1].error
+    assert [len(o.outputs[0].token_ids) for o in outs] == [6, 2, 6]
+    assert outs[0].error is None and outs[2].error is None
+    clean(eng)

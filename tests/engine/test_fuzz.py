@@ -1,8 +1,8 @@
 """The engine under random load: a hypothesis state machine adds generations, searches
-(every strategy) and bad requests, aborts, and steps, on small pools; after every step the
-engine made progress or has nothing left, and once everything is collected no KV block is
-held and every seeded output equals the same request run alone on a pool that never runs
-short.
+(every strategy), token beam searches and bad requests, aborts, and steps, on small pools;
+after every step the engine made progress or has nothing left, and once everything is
+collected no KV block is held and every seeded output equals the same request run alone on a
+pool that never runs short.
 
 PONDER_FUZZ_EXAMPLES sets the number of examples (300 by default; CI's sanitizer pass runs
 a short profile, a longer one is run by hand before a release)."""
@@ -29,9 +29,10 @@ import ponder
 
 EXAMPLES = int(os.environ.get("PONDER_FUZZ_EXAMPLES", "300"))
 QUESTIONS = ["What is 2 + 3?", "Tom has 3 apples and buys 4 more. How many?", "Name a color."]
-# (kv_blocks, block_size, max_num_seqs): each pool holds the longest sequence below and not
-# much more; a small max_num_seqs runs a search's steps in waves.
-POOLS = [(14, 4, 256), (18, 4, 2), (7, 8, 3), (10, 8, 256), (4, 16, 1), (12, 4, 1)]
+# (kv_blocks, block_size, max_num_seqs): each pool holds the longest sequence below (a
+# 44-token chat question and two 4-token steps) and not much more; a small max_num_seqs runs
+# a search's steps in waves.
+POOLS = [(14, 4, 256), (18, 4, 2), (7, 8, 3), (10, 8, 256), (4, 16, 1), (14, 4, 1)]
 STEPS, STEP_TOKENS = 2, 4
 STRATEGIES = {
     "bon": lambda s: ponder.BestOfN(n=2, seed=s, **_common()),
@@ -63,16 +64,18 @@ def tree_of(res):
 
 
 class Harness:
-    """Engines shared by every example (they must come back clean each time) and the
-    reference outputs, each computed once on a pool that never runs short."""
+    """The engines and the reference outputs, each computed once on a pool that never runs
+    short."""
 
     def __init__(self, path: str):
         self.path = path
-        self.engines: dict = {}
+        self.engines = {}
         self.roomy = ponder.Engine(path, kv_blocks=2048, block_size=4)
         self.refs: dict = {}
 
     def engine(self, pool):
+        """One engine per pool, shared by the examples (each must leave it clean; what its
+        prefix cache holds carries over, as in a server)."""
         if pool not in self.engines:
             blocks, size, seqs = pool
             self.engines[pool] = ponder.Engine(self.path, kv_blocks=blocks, block_size=size,
@@ -87,6 +90,11 @@ class Harness:
                                      seed=seed, ignore_eos=True)
                 out = self.roomy.generate([list(prompt)], sp)[0]
                 self.refs[key] = [c.token_ids for c in out.outputs]
+            elif key[0] == "beam":
+                _, prompt, width, max_tokens = key
+                self.refs[key] = [(b.token_ids, b.score) for b in
+                                  self.roomy.beam_search(list(prompt), width=width,
+                                                         max_tokens=max_tokens)]
             else:
                 _, name, q, seed = key
                 self.refs[key] = tree_of(self.roomy.search(q, STRATEGIES[name](seed),
@@ -94,44 +102,65 @@ class Harness:
         return self.refs[key]
 
 
+GEN = st.tuples(st.just("gen"), st.lists(st.integers(3, 4000), min_size=1, max_size=24),
+                st.integers(1, 3), st.integers(1, 8), st.sampled_from([0.0, 0.7, 1.3]),
+                st.integers(0, 2**63 - 1))
+SEARCH = st.tuples(st.just("search"), st.sampled_from(sorted(STRATEGIES)),
+                   st.sampled_from(QUESTIONS), st.integers(0, 2**20))
+BAD = st.tuples(st.just("bad"), st.sampled_from(["sampling", "verifier", "answer_fn"]))
+REQUEST = st.one_of(GEN, SEARCH, BAD)
+
+
 class EngineMachine(RuleBasedStateMachine):
     harness: Harness = None
 
-    @initialize(pool=st.sampled_from(POOLS))
-    def setup(self, pool):
+    @initialize(pool=st.sampled_from(POOLS), first=st.lists(REQUEST, min_size=1, max_size=6))
+    def setup(self, pool, first):
         self.eng = self.harness.engine(pool)
         assert not self.eng.has_unfinished() and self.eng.kv.stats()["used"] == 0
         self.live: dict[int, tuple] = {}   # request id -> reference key, or ("bad",)
         self.done: dict[int, object] = {}
         self.steps = 0
+        for req in first:  # something to batch from the start
+            self.add(req)
 
-    @rule(prompt=st.lists(st.integers(3, 4000), min_size=1, max_size=24),
-          n=st.integers(1, 3), max_tokens=st.integers(1, 8),
-          temperature=st.sampled_from([0.0, 0.7, 1.3]), seed=st.integers(0, 2**63 - 1))
-    def add_generate(self, prompt, n, max_tokens, temperature, seed):
-        sp = ponder.Sampling(max_tokens=max_tokens, temperature=temperature, n=n, seed=seed,
-                             ignore_eos=True)
-        rid = self.eng.add_request(prompt, sp)
-        self.live[rid] = ("gen", tuple(prompt), n, max_tokens, temperature, seed)
+    @rule(req=REQUEST)
+    def add(self, req):
+        if req[0] == "gen":
+            _, prompt, n, max_tokens, temperature, seed = req
+            sp = ponder.Sampling(max_tokens=max_tokens, temperature=temperature, n=n,
+                                 seed=seed, ignore_eos=True)
+            rid = self.eng.add_request(prompt, sp)
+            self.live[rid] = ("gen", tuple(prompt), n, max_tokens, temperature, seed)
+        elif req[0] == "search":
+            _, name, q, seed = req
+            rid = self.eng.add_request(q, STRATEGIES[name](seed), prm=verifier)
+            self.live[rid] = req
+        else:
+            self.live[self._add_bad(req[1])] = ("bad",)
 
-    @rule(name=st.sampled_from(sorted(STRATEGIES)), q=st.sampled_from(QUESTIONS),
-          seed=st.integers(0, 2**20))
-    def add_search(self, name, q, seed):
-        rid = self.eng.add_request(q, STRATEGIES[name](seed), prm=verifier)
-        self.live[rid] = ("search", name, q, seed)
+    @rule(prompt=st.lists(st.integers(3, 4000), min_size=1, max_size=16),
+          width=st.integers(1, 3), max_tokens=st.integers(1, 6))
+    def beam_search(self, prompt, width, max_tokens):
+        """Runs to its end, serving everything queued meanwhile."""
+        got = self.eng.beam_search(prompt, width=width, max_tokens=max_tokens)
+        want = self.harness.reference(("beam", tuple(prompt), width, max_tokens))
+        # Tokens exactly; scores (sums of float32 log-probabilities from other block sizes
+        # and batches) to float rounding.
+        assert [b.token_ids for b in got] == [t for t, _ in want]
+        assert all(abs(b.score - w) < 1e-4 for b, (_, w) in zip(got, want, strict=True))
+        self._collect()
 
-    @rule(kind=st.sampled_from(["sampling", "verifier", "answer_fn"]))
-    def add_bad(self, kind):
+    def _add_bad(self, kind) -> int:
         if kind == "sampling":
             sp = ponder.Sampling(max_tokens=3, seed=1)
             sp.temperature = float("nan")  # past the door: the kernel rejects it
-            rid = self.eng.add_request([5, 6, 7], sp)
-        elif kind == "verifier":
-            rid = self.eng.add_request(QUESTIONS[0], STRATEGIES["bon"](1), prm=broken_verifier)
-        else:
-            rid = self.eng.add_request(QUESTIONS[0], STRATEGIES["bon"](1), prm=verifier,
-                                       answer_fn=lambda text: 42)
-        self.live[rid] = ("bad",)
+            return self.eng.add_request([5, 6, 7], sp)
+        if kind == "verifier":
+            return self.eng.add_request(QUESTIONS[0], STRATEGIES["bon"](1),
+                                        prm=broken_verifier)
+        return self.eng.add_request(QUESTIONS[0], STRATEGIES["bon"](1), prm=verifier,
+                                    answer_fn=lambda text: 42)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
@@ -198,6 +227,6 @@ def test_engine_state_machine(tiny_policy):
     EngineMachine.harness = Harness(tiny_policy)
     run_state_machine_as_test(
         EngineMachine,
-        settings=settings(max_examples=EXAMPLES, stateful_step_count=10, deadline=None,
+        settings=settings(max_examples=EXAMPLES, stateful_step_count=20, deadline=None,
                           suppress_health_check=list(HealthCheck), derandomize=True,
                           print_blob=True))

@@ -119,6 +119,30 @@ def test_full_mode_runs_whole_texts(tiny_prms):
     assert inc.tokens_run < len(inc.ids) // 3
 
 
+def test_a_failed_pass_leaves_nothing_behind(tiny_prms, monkeypatch):
+    """A forward pass that fails mid-call: no sequence or kept node of that call survives,
+    and the blocks it had registered in the prefix cache are dropped, so the same text
+    scored again gets correct scores (not the uncomputed KV)."""
+    sc = scorer(tiny_prms, "qwen", max_batch_tokens=32)
+    real, calls = sc.runner.hidden_states, []
+
+    def flaky(work):
+        calls.append(len(work))
+        if len(calls) == 1:  # the question's blocks, before any scored row, were appended
+            raise RuntimeError("device lost")
+        return real(work)
+
+    monkeypatch.setattr(sc.runner, "hidden_states", flaky)
+    with pytest.raises(RuntimeError, match="device lost"):
+        sc.score(Q, SOLUTIONS[:2])
+    assert not sc.kv.sequence_ids() and sc.kv.stats()["used"] == 0
+    monkeypatch.setattr(sc.runner, "hidden_states", real)
+    got = sc.score(Q, SOLUTIONS[:2])
+    assert len(got) == 2
+    for sol, scores in zip(SOLUTIONS[:2], got, strict=True):
+        assert close(scores, reference(tiny_prms, "qwen", Q, sol))
+
+
 def test_small_pool_evicts_and_stays_exact(tiny_prms):
     """A pool that cannot keep every node's KV evicts the least recently used ones; the
     children then rebuild from the prefix cache, with the same scores."""

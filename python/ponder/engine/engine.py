@@ -58,6 +58,15 @@ class Engine:
     prm_incremental : bool
         Score only each new step's tokens, forking the parent's PRM KV (default); False runs
         every scoring text whole, as re-scoring PRMs do (for comparison).
+    block_size : int
+        Tokens per KV block (1 to 256).
+    max_num_batched_tokens : int
+        Tokens one forward pass may run (prefills are chunked to fit).
+    max_num_seqs : int
+        Sequences admitted to run at once (the completions of an ``n > 1`` request that
+        fork its prompt, and a beam search's next beams, join without waiting for room).
+    enable_prefix_cache : bool
+        Share full KV blocks of identical prefixes across requests.
     """
 
     def __init__(self, model: str, prm=None, prm_format: str | None = None,
@@ -86,7 +95,8 @@ class Engine:
         self.seed = int(seed)
         self.scheduler = Scheduler(self.kv, max_num_batched_tokens, max_num_seqs,
                                    reclaim=self._reclaim)
-        self.processor = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_context)
+        self.processor = OutputProcessor(self.tokenizer, self.eos_token_ids, self.max_context,
+                                         self.config.vocab_size)
         self._ids = itertools.count()
         self._requests: dict[int, Request] = {}   # until their output is handed over
         self._live: list[Request] = []            # not finished, oldest first
@@ -147,8 +157,10 @@ class Engine:
                              f"({vocab})")
         if any(t >= vocab for t in sampling.stop_token_ids):
             raise ValueError(f"stop_token_ids must be in [0, {vocab})")
-        if sampling.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a model with a tokenizer")
+        if sampling.stop:
+            if self.tokenizer is None:
+                raise ValueError("stop strings need a model with a tokenizer")
+            self.processor.stop_matcher(sampling.stop)
         return sampling
 
     def _new_detok(self):
@@ -162,14 +174,21 @@ class Engine:
                     prm=None, system_prompt: str | None = None, answer_fn=None) -> int:
         """Queues a prompt (str, or list of token ids) with sampling parameters, or a
         question with a search strategy (ponder.BestOfN, ponder.BeamSearch, ...); returns its
-        request id. For a search, prm is a verifier callable
-        ``verifier(question, steps) -> list[float]`` (None: the engine's PRM, else the
-        policy's confidence) and answer_fn(solution_text) -> str or None picks the answer."""
+        request id. system_prompt goes before a str prompt in the chat template. For a
+        search, prm is a verifier callable ``verifier(question, steps) -> list[float]``
+        (None: the engine's PRM, else the policy's confidence) and
+        ``answer_fn(solution_text) -> str or None`` picks the answer. Everything is checked
+        before anything is queued."""
         if isinstance(sampling, SearchSpec):
             return self._enqueue(self._new_search(prompt, sampling, chat, prm, system_prompt,
                                                   answer_fn))
+        if prm is not None or answer_fn is not None:
+            raise TypeError("prm and answer_fn apply to searches: pass a search strategy as "
+                            "sampling, or leave them None")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError("system_prompt must be a str or None")
         sampling = self._check_sampling(sampling)
-        text, ids = self._prompt_ids(prompt, chat)
+        text, ids = self._prompt_ids(prompt, chat, system_prompt=system_prompt)
         return self._enqueue(self._new_generate(text, ids, sampling))
 
     def _new_generate(self, text, ids, sampling) -> GenerateRequest:
@@ -189,6 +208,7 @@ class Engine:
         if self.tokenizer is None:
             raise ValueError("search needs a model with a tokenizer")
         _, ids = self._prompt_ids(question, chat, "question", system_prompt)
+        self.processor.stop_matcher(list(spec.step_stop))
         rid = next(self._ids)
         return SearchDriver(rid, question, ids, spec, self._request_seed(spec.seed, rid), prm,
                             answer_fn, self.kv, self.prm, self._new_detok)
@@ -218,8 +238,9 @@ class Engine:
         return bool(self._live)
 
     def output(self, request_id: int):
-        """The request's output so far (a RequestOutput, or a SearchResult for a search); a
-        finished request is handed over and forgotten."""
+        """The request's output: a RequestOutput (so far, while it runs), or a SearchResult
+        once a search finished (None before). A finished request is handed over and
+        forgotten."""
         req = self._requests.get(request_id)
         if req is None:
             raise ValueError(f"unknown request_id {request_id}")
@@ -232,21 +253,29 @@ class Engine:
         """Runs one forward pass over everything scheduled; returns the new tokens/text."""
         batch = self.scheduler.schedule()
         self.stats["preemptions"] = self.scheduler.num_preemptions
-        for seq in batch.stopped:  # filled the pool: finished by the scheduler
-            self.processor.flush(seq)
-            if seq.status is _ERROR:
-                self._fail(seq.req, RuntimeError("the KV pool cannot hold this sequence"))
-            else:
-                self._emit(seq, StepEvent(seq.req.id, seq.index, [], "", True, "length"))
-                self._finished(seq, seq.status)
-        for seq in batch.ready:
-            self._finished(seq, SequenceStatus.FINISHED_STOPPED)
-        if batch:
-            self._execute(batch)
+        for seq in batch.stopped:  # it filled the pool: finished by the scheduler
+            self._pool_full(seq)
+        error = self._execute(batch) if batch else None
+        for seq in batch.ready:  # search roots the prefix cache held whole
+            if error is None:
+                self._handoff(seq)
+            else:  # their blocks may be ones the failed pass was to compute
+                self.scheduler.free_kv(seq, uncache=True)
+                self._fail(seq.req, error)
         self._score_searches()
         return self._collect()
 
-    def _execute(self, batch: ScheduledBatch) -> None:
+    def _pool_full(self, seq: Sequence) -> None:
+        self.processor.flush(seq)
+        if seq.status is _ERROR or isinstance(seq.req, BeamRequest):
+            self._emit(seq, StepEvent(seq.req.id, seq.index, [], "", True, "error"))
+            self._fail(seq.req, RuntimeError(f"the KV pool ({self.kv.num_blocks} blocks) "
+                                             f"cannot hold this sequence"))
+        else:
+            self._emit(seq, StepEvent(seq.req.id, seq.index, [], "", True, "length"))
+            self._handoff(seq)
+
+    def _execute(self, batch: ScheduledBatch) -> Exception | None:
         try:
             self.runner.copy_blocks(batch.copies)
             logits = self.runner.execute(batch.work)
@@ -256,7 +285,7 @@ class Engine:
                     self.kv.uncache(seq.kv_id)  # their new blocks' KV was never written
             for req in {id(s.req): s.req for s in batch.seqs}.values():
                 self._fail(req, e)
-            return
+            return e
         self.stats["forward_passes"] += 1
         self.stats["tokens_prefilled"] += sum(len(w.token_ids) for w in batch.work
                                               if len(w.token_ids) > 1)
@@ -279,7 +308,7 @@ class Engine:
             targets.append(seq)
             if isinstance(seq.req, GenerateRequest) and seq.index == 0 and not seq.num_generated:
                 # The shared prompt is done: the other completions fork it and sample from
-                # the same logits.
+                # the same logits (so they run from now on, past max_num_seqs if need be).
                 for other in seq.req.unforked(seq):
                     other.kv_id = self.kv.fork(seq.kv_id, seq.computed)
                     other.computed, other.fork_from = seq.computed, None
@@ -289,6 +318,7 @@ class Engine:
         self._sample(logits, rows, targets)
         for seq, r in beams:
             self._beam_logits(seq, logits[r])
+        return None
 
     def _sample(self, logits, rows: list[int], seqs: list[Sequence]) -> None:
         if not seqs:
@@ -299,24 +329,30 @@ class Engine:
         for i, seq in enumerate(seqs):
             if i not in results or seq.finished:
                 continue
-            ev = self.processor.append(seq, *results[i])
+            try:
+                ev = self.processor.append(seq, *results[i])
+            except Exception as e:  # e.g. a token the stop matcher cannot read
+                self._fail(seq.req, e)
+                continue
             self.stats["tokens_generated"] += 1
             self._emit(seq, ev)
             if ev.finished:
                 self._finished(seq, finish_status(ev.finish_reason))
 
     def _beam_logits(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """A beam's logits arrived: it leaves the scheduler (its KV kept by its request)
+        until the round is complete; then the next round's beams are scheduled."""
         req = seq.req
         if seq.finished or req.finished:
             return
+        self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
         try:
-            parents, children = req.on_logits(seq, logits)
+            children = req.on_logits(seq, logits)
         except Exception as e:
             self._fail(req, e)
             return
-        for p in parents:
-            self.scheduler.finish(p, SequenceStatus.FINISHED_STOPPED)
         for c in children:
+            # Children continue an admitted request: those holding a fork run at once.
             (self.scheduler.add_running if c.kv_id is not None else self.scheduler.add)(c)
 
     def _emit(self, seq: Sequence, ev: StepEvent) -> None:
@@ -324,9 +360,12 @@ class Engine:
             self._events.append(ev)
 
     def _finished(self, seq: Sequence, status: SequenceStatus) -> None:
-        """A sequence ended normally: out of the scheduler, back to its request (which may
-        hand over new ones)."""
+        """A sequence ended normally: out of the scheduler, back to its request."""
         self.scheduler.finish(seq, status)
+        self._handoff(seq)
+
+    def _handoff(self, seq: Sequence) -> None:
+        """Hands a finished sequence to its request, which may hand over new ones."""
         req = seq.req
         if req.finished:
             return
@@ -404,12 +443,12 @@ class Engine:
         return events
 
     def _reclaim(self, blocks: int) -> None:
-        """The scheduler is short of blocks: searches give back node KV, newest first."""
+        """The scheduler is short of blocks: requests give back KV they can recompute
+        (searches' node KV, beams waiting for their round), newest request first."""
         for req in reversed(self._live):
-            if isinstance(req, SearchDriver):
-                req.reclaim(blocks)
-                if self.kv.num_free_blocks >= blocks:
-                    return
+            req.reclaim(blocks)
+            if self.kv.num_free_blocks >= blocks:
+                return
 
     # --- whole calls --------------------------------------------------------------------
     def _run_to_end(self, ids: list[int]) -> list:

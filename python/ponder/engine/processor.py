@@ -18,8 +18,9 @@ _KERNEL_ERRORS = (ValueError, TypeError, RuntimeError, OverflowError)
 
 
 class OutputProcessor:
-    def __init__(self, tokenizer, eos_token_ids: list[int], max_context: int):
+    def __init__(self, tokenizer, eos_token_ids: list[int], max_context: int, vocab_size: int):
         self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
         self.eos_token_ids = set(eos_token_ids)
         self.max_context = max_context
         self._stop_matchers: dict[tuple[str, ...], _core.StopMatcher] = {}
@@ -100,7 +101,7 @@ class OutputProcessor:
                 # an incomplete character; the text is then cut where the stop string starts.
                 if seq.stop_state is None:
                     seq.stop_state = _core.StopState()
-                if self._stop_matcher(p.stop).feed(seq.stop_state, tok) >= 0:
+                if self.stop_matcher(p.stop).feed(seq.stop_state, tok) >= 0:
                     reason = "stop"
                     seq.detok.flush()
                     text = seq.detok.text
@@ -129,14 +130,21 @@ class OutputProcessor:
             seq.detok.flush()
             seq.text = seq.detok.text
 
-    def _stop_matcher(self, stops: list[str]):
+    def stop_matcher(self, stops: list[str]):
         """The core's byte-level matcher for these stop strings (the vocabulary's byte
-        strings are handed to the core once per engine)."""
+        strings are handed to the core once per engine). Built when a request with stop
+        strings enters, so a tokenizer it cannot read is an error at the door."""
         key = tuple(stops)
         m = self._stop_matchers.get(key)
         if m is None:
             if self._token_bytes is None:
-                self._token_bytes = self.tokenizer.token_bytes()
+                try:
+                    spelled = self.tokenizer.token_bytes()
+                except NotImplementedError as e:
+                    raise ValueError(f"stop strings are not supported with this tokenizer: "
+                                     f"{e}") from None
+                # Ids past the tokenizer's vocabulary (a padded LM head) add no text.
+                self._token_bytes = spelled + [b""] * max(0, self.vocab_size - len(spelled))
             m = _core.StopMatcher(self._token_bytes, [s.encode() for s in stops])
             self._stop_matchers[key] = m
         return m

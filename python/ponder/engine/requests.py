@@ -51,6 +51,9 @@ class Request:
     def release(self, kv) -> None:
         """Frees KV the request itself holds (not its sequences')."""
 
+    def reclaim(self, blocks: int) -> None:
+        """The pool is short: give back KV the request holds but can recompute."""
+
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = f"{type(exc).__name__}: {exc}"
@@ -89,9 +92,10 @@ class GenerateRequest(Request):
 
 class BeamRequest(Request):
     """Token-level beam search, equal to transformers' ``generate(num_beams=width,
-    do_sample=False)``. A round's beams wait for each other: once every beam has its logits
-    the core picks the next beams, which fork their parents' KV (shared blocks,
-    copy-on-write)."""
+    do_sample=False)``. A beam whose logits arrived leaves the scheduler, its KV kept by the
+    request, until every beam of the round has them; then the core picks the next beams,
+    which fork their parents' KV (shared blocks, copy-on-write). Under KV pressure a waiting
+    beam's KV is given back and its children recompute their tokens."""
 
     kind = "beam"
 
@@ -102,7 +106,7 @@ class BeamRequest(Request):
                                      list(eos_token_ids), num_return)
         self.min_tokens, self.eos_token_ids = min_tokens, list(eos_token_ids)
         self.kv, self.tokenizer = kv, tokenizer
-        self.beams = [Sequence(self, list(prompt_ids))]
+        self.beams = [Sequence(self, list(prompt_ids), keep_kv=True)]
         self.seqs = list(self.beams)
         self.rows: dict[int, torch.Tensor] = {}    # beam index -> its logits
         self.results: list[BeamOutput] | None = None
@@ -114,37 +118,50 @@ class BeamRequest(Request):
     def start(self) -> list[Sequence]:
         return list(self.beams)
 
-    def live_seqs(self) -> list[Sequence]:
-        return [s for s in self.beams if not s.finished]
-
-    def on_logits(self, seq: Sequence, logits: torch.Tensor) -> tuple[list, list]:
-        """Takes one beam's logits; when the round is complete, returns (parents to finish,
-        children to schedule)."""
+    def on_logits(self, seq: Sequence, logits: torch.Tensor) -> list[Sequence]:
+        """Takes one (finished) beam's logits; when the round is complete, returns the next
+        round's beams."""
         self.rows[next(i for i, b in enumerate(self.beams) if b is seq)] = logits
         if len(self.rows) < len(self.beams):
-            return [], []
+            return []
         stacked = torch.stack([self.rows[i] for i in range(len(self.beams))])
         self.rows = {}
         logprobs = torch.log_softmax(stacked.float(), dim=-1).cpu().numpy()
         if len(self.beams[0].tokens) - len(self.prompt_ids) < self.min_tokens:
             logprobs[:, self.eos_token_ids] = -np.inf
         parents, tokens = self.core.step(logprobs)
-        old = self.beams
+        old, new = self.beams, []
         if self.core.done:
             self.results = self._finalize()
-            self.beams = []
-            return old, []
-        new = []
-        for parent, tok in zip(parents.tolist(), tokens.tolist(), strict=True):
-            src = old[parent]
-            child = Sequence(self, src.tokens + [tok], base=len(self.prompt_ids))
-            if src.kv_id is not None:  # else (preempted since its logits) it is recomputed
-                child.kv_id = self.kv.fork(src.kv_id, src.computed)
-                child.computed = src.computed
-            new.append(child)
-        self.beams = new
-        self.seqs = list(new)
-        return old, new
+        else:
+            for parent, tok in zip(parents.tolist(), tokens.tolist(), strict=True):
+                src = old[parent]
+                child = Sequence(self, src.tokens + [tok], base=len(self.prompt_ids),
+                                 keep_kv=True)
+                if src.kv_id is not None:  # else (given back under pressure) recomputed
+                    child.kv_id = self.kv.fork(src.kv_id, src.computed)
+                    child.computed = src.computed
+                new.append(child)
+        for b in old:
+            if b.kv_id is not None:
+                self.kv.free(b.kv_id)
+                b.kv_id = None
+        self.beams = self.seqs = new
+        return list(new)
+
+    def reclaim(self, blocks: int) -> None:
+        for b in self.beams:
+            if self.kv.num_free_blocks >= blocks:
+                return
+            if b.finished and b.kv_id is not None:
+                self.kv.free(b.kv_id)
+                b.kv_id = None
+
+    def release(self, kv) -> None:
+        for b in self.beams:
+            if b.finished and b.kv_id is not None:
+                kv.free(b.kv_id)
+                b.kv_id = None
 
     def _finalize(self) -> list[BeamOutput]:
         outs = []
@@ -154,6 +171,7 @@ class BeamRequest(Request):
         return outs
 
     def output(self) -> list[BeamOutput]:
+        """The beams, best first (empty until the search finished, or if it failed)."""
         return list(self.results or [])
 
 

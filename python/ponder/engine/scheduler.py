@@ -29,7 +29,7 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     work: list[ScheduledSeq] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)
-    ready: list[Sequence] = field(default_factory=list)     # complete without a forward
+    ready: list[Sequence] = field(default_factory=list)     # finished without a forward
     stopped: list[Sequence] = field(default_factory=list)   # finished here: the pool is full
 
     def __bool__(self) -> bool:
@@ -107,7 +107,10 @@ class Scheduler:
                 seq.computed = self.kv.length(seq.kv_id)
             n = min(seq.target - seq.computed, budget)
             if n <= 0 and not seq.wants_logits:
-                self.add_running(seq)
+                # Complete from the prefix cache alone (a search root): done without a pass.
+                seq.status = SequenceStatus.FINISHED_STOPPED
+                if not seq.keep_kv:
+                    self.free_kv(seq)
                 batch.ready.append(seq)
                 continue
             if not self._make_room(seq, n, batch):
@@ -159,8 +162,9 @@ class Scheduler:
         self.num_preemptions += 1
 
     def _stop_full(self, seq: Sequence, batch: ScheduledBatch) -> None:
-        status = (SequenceStatus.FINISHED_LENGTH if seq.num_generated > 0 or seq.hold
+        status = (SequenceStatus.FINISHED_LENGTH if seq.num_generated > 0
                   else SequenceStatus.FINISHED_ERROR)
+        seq.ended_solution = True  # the context's end ends a solution, as at max positions
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         seq.status = status

@@ -71,8 +71,9 @@ class SearchDriver(Request):
 
     def on_finished(self, seq: Sequence) -> list[Sequence]:
         if seq is self.root:
-            self.node_kv[0] = seq.kv_id
-            seq.kv_id = None
+            if seq.kv_id is not None:
+                self.node_kv[0] = seq.kv_id
+                seq.kv_id = None
             return self._next_round()
         if all(s.finished for s in self.pending):
             self._finish_round()

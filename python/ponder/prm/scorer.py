@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import torch
@@ -50,6 +50,8 @@ class _Item:
     owner: PrmNode                # gets the scores
     keep: bool                    # the owner takes the KV sequence afterwards
     ran: int = 0                  # tokens its forward passes ran
+    scored: int = 0               # rows scored so far (a recomputed chunk scores none twice)
+    scores: list[float] = field(default_factory=list)
 
 
 def _lcp(a: list[int], b: list[int]) -> int:
@@ -190,6 +192,8 @@ class PrmScorer:
             lcp = _lcp(parent.ids, enc.ids) if parent is not None else 0
             items.append(self._item(enc.ids, enc.positions, parent, lcp, node, keep))
         self._run(items)
+        for item in items:  # in item order, whichever pass computed them
+            item.owner.scores.extend(item.scores)
         for node, (_, _, steps) in zip(nodes, jobs, strict=True):
             if len(node.scores) != len(steps):
                 raise RuntimeError("PRM scoring lost a step")  # an internal invariant
@@ -226,10 +230,13 @@ class PrmScorer:
 
     def _run(self, items: list[_Item]) -> None:
         """Runs the items through the PRM's scheduler in as few forward passes as the token
-        budget and the pool allow."""
+        budget and the pool allow. On an error nothing of this call stays: unfinished
+        sequences are freed and dropped from the prefix cache (a failed pass never wrote
+        their blocks), and nodes kept by this call are released."""
         seqs = [self._sequence(item) for item in items]
         for seq in seqs:
             self.scheduler.add(seq)
+        ok = False
         try:
             while self.scheduler.has_work():
                 batch = self.scheduler.schedule()
@@ -243,10 +250,16 @@ class PrmScorer:
                 for seq in batch.seqs + batch.ready:
                     if seq.computed >= seq.target:
                         self._done(seq)
+            ok = True
         finally:
-            for seq in seqs:
-                if not seq.finished:
-                    self.scheduler.finish(seq, SequenceStatus.FINISHED_ABORTED)
+            if not ok:
+                for seq in seqs:
+                    if not seq.finished:
+                        if seq.kv_id is not None:
+                            self.kv.uncache(seq.kv_id)
+                        self.scheduler.finish(seq, SequenceStatus.FINISHED_ERROR)
+                for item in items:
+                    self.release(item.owner)
 
     def _done(self, seq: Sequence) -> None:
         self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
@@ -270,17 +283,23 @@ class PrmScorer:
             node.kv_id = None
             self.stats["evicted"] += 1
 
+    def _new_rows(self, item: _Item, start: int, end: int) -> list[int]:
+        """Positions of the item's rows in [start, end) not scored yet; marks them scored."""
+        rows = [p for p in item.rows[item.scored:] if start <= p < end]
+        item.scored += len(rows)
+        return rows
+
     def _forward(self, batch) -> None:
-        rows, offset = [], 0
+        rows, counts, offset = [], [], 0
         for seq, work in zip(batch.seqs, batch.work, strict=True):
             item, n = seq.payload, len(work.token_ids)
-            end = work.start_pos + n
-            rows.extend(offset + p - work.start_pos for p in item.rows
-                        if work.start_pos <= p < end)
+            new = self._new_rows(item, work.start_pos, work.start_pos + n)
+            rows.extend(offset + p - work.start_pos for p in new)
+            counts.append(len(new))
             offset += n
             item.owner.tokens_run += n
-            self.stats["tokens_run"] += n
             item.ran += n
+            self.stats["tokens_run"] += n
         self.runner.copy_blocks(batch.copies)
         hidden, _ = self.runner.hidden_states(batch.work)
         self.stats["forward_passes"] += 1
@@ -288,8 +307,6 @@ class PrmScorer:
         idx = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         scores = ops.prm_head(hidden, idx, h["w2"], h["b2"], h["w1"], h["b1"]).tolist()
         at = 0
-        for seq, work in zip(batch.seqs, batch.work, strict=True):
-            item, end = seq.payload, work.start_pos + len(work.token_ids)
-            k = sum(1 for p in item.rows if work.start_pos <= p < end)
-            item.owner.scores.extend(scores[at:at + k])
+        for seq, k in zip(batch.seqs, counts, strict=True):
+            seq.payload.scores.extend(scores[at:at + k])
             at += k
