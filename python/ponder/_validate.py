@@ -30,13 +30,8 @@ def check_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int
         raise TypeError(f"{name} must be an int, got {_describe(v)}")
     v = int(v)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
-        if hi is None:
-            want = f">= {lo}"
-        elif lo is None:
-            want = f"<= {hi}"
-        else:
-            want = f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be an int {want}, got {v}")
+        raise ValueError(f"{name} must be an int {_interval(lo, hi, False, False, str)}, "
+                         f"got {v}")
     return v
 
 
@@ -52,14 +47,18 @@ def check_float(name: str, v, lo: float | None = None, hi: float | None = None,
     below = lo is not None and (v <= lo if lo_open else v < lo)
     above = hi is not None and (v >= hi if hi_open else v > hi)
     if below or above:
-        if hi is None:
-            want = f"{'>' if lo_open else '>='} {lo:g}"
-        elif lo is None:
-            want = f"{'<' if hi_open else '<='} {hi:g}"
-        else:
-            want = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be {want}, got {v!r}")
+        raise ValueError(f"{name} must be {_interval(lo, hi, lo_open, hi_open, '{:g}'.format)}"
+                         f", got {v!r}")
     return v
+
+
+def _interval(lo, hi, lo_open: bool, hi_open: bool, fmt) -> str:
+    """The allowed range in words: ">= 1", "<= 5", "in (0, 1]"."""
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {fmt(lo)}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {fmt(hi)}"
+    return f"in {'(' if lo_open else '['}{fmt(lo)}, {fmt(hi)}{')' if hi_open else ']'}"
 
 
 def check_bool(name: str, v) -> bool:

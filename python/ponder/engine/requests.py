@@ -150,18 +150,10 @@ class BeamRequest(Request):
         return list(new)
 
     def reclaim(self, blocks: int) -> None:
-        for b in self.beams:
-            if self.kv.num_free_blocks >= blocks:
-                return
-            if b.finished and b.kv_id is not None:
-                self.kv.free(b.kv_id)
-                b.kv_id = None
+        free_parked(self.kv, self.beams, blocks)
 
     def release(self, kv) -> None:
-        for b in self.beams:
-            if b.finished and b.kv_id is not None:
-                kv.free(b.kv_id)
-                b.kv_id = None
+        free_parked(kv, self.beams)
 
     def _finalize(self) -> list[BeamOutput]:
         outs = []
@@ -173,6 +165,19 @@ class BeamRequest(Request):
     def output(self) -> list[BeamOutput]:
         """The beams, best first (empty until the search finished, or if it failed)."""
         return list(self.results or [])
+
+
+def free_parked(kv, seqs: list[Sequence], blocks: int | None = None) -> bool:
+    """Frees the KV of finished sequences that kept theirs (a beam or a search step parked
+    until its round is complete) until `blocks` are free (None: all of it). Returns whether
+    that many are free."""
+    for s in seqs:
+        if blocks is not None and kv.num_free_blocks >= blocks:
+            return True
+        if s.finished and s.kv_id is not None:
+            kv.free(s.kv_id)
+            s.kv_id = None
+    return blocks is None or kv.num_free_blocks >= blocks
 
 
 def finish_status(reason: str) -> SequenceStatus:

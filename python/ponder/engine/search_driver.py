@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 
-from ponder.engine.requests import Request
+from ponder.engine.requests import Request, free_parked
 from ponder.engine.sequence import Sequence
 from ponder.sampling import Sampling
 from ponder.search.answers import extract_answer
@@ -96,12 +96,8 @@ class SearchDriver(Request):
         """Gives KV back until `blocks` are free: first that of this round's finished steps
         (waiting for their siblings), then node KV (deepest nodes last: they are the likeliest
         to be expanded next). A node without KV is recomputed when it is expanded."""
-        for seq in self.pending:
-            if self.kv.num_free_blocks >= blocks:
-                return
-            if seq.finished and seq.kv_id is not None:
-                self.kv.free(seq.kv_id)
-                seq.kv_id = None
+        if free_parked(self.kv, self.pending, blocks):
+            return
         for nid in sorted(self.node_kv):
             if self.kv.num_free_blocks >= blocks:
                 return
@@ -110,10 +106,7 @@ class SearchDriver(Request):
     def release(self, kv) -> None:
         """Frees the KV the search holds: its nodes', the PRM's for its nodes, and that of
         this round's steps that finished before it ended (the rest are the scheduler's)."""
-        for seq in self.pending:
-            if seq.finished and seq.kv_id is not None:
-                kv.free(seq.kv_id)
-                seq.kv_id = None
+        free_parked(kv, self.pending)
         for node in self.prm_nodes.values():
             self.prm.release(node)
         self.prm_nodes.clear()
@@ -205,8 +198,10 @@ class SearchDriver(Request):
         return jobs
 
     def set_prm_scores(self, prm_nodes: list) -> None:
-        for c, node in zip(self.to_score, prm_nodes, strict=True):
+        pairs = list(zip(self.to_score, prm_nodes, strict=True))
+        for c, node in pairs:  # all held first: a bad score below still frees every node
             self.prm_nodes[c] = node
+        for c, node in pairs:
             self._set_scores(c, node.scores, "the PRM")
             self.stats["prm_tokens"] += node.tokens_run
             self.prm_tokens[c] = node.tokens_run
