@@ -42,9 +42,7 @@ class EngineCore:
     def abort(self, req: Request) -> None:
         """Ends the request now and frees its KV."""
         self._end(req, SequenceStatus.FINISHED_ABORTED)
-        req.aborted = True
-        if isinstance(req, SearchDriver):
-            req.abort()
+        req.abort()
         if req in self._live:
             self._live.remove(req)
 
@@ -78,6 +76,7 @@ class EngineCore:
             self._handoff(seq)
 
     def _execute(self, batch: ScheduledBatch) -> Exception | None:
+        reqs = {id(s.req): s.req for s in batch.seqs}.values()
         try:
             self.runner.copy_blocks(batch.copies)
             logits = self.runner.execute(batch.work)
@@ -85,13 +84,13 @@ class EngineCore:
             for seq in batch.seqs:
                 if seq.kv_id is not None:
                     self.kv.uncache(seq.kv_id)  # their new blocks' KV was never written
-            for req in {id(s.req): s.req for s in batch.seqs}.values():
+            for req in reqs:
                 self._fail(req, e)
             return e
         self.stats["forward_passes"] += 1
         self.stats["tokens_prefilled"] += sum(len(w.token_ids) for w in batch.work
                                               if len(w.token_ids) > 1)
-        for req in {id(s.req): s.req for s in batch.seqs}.values():
+        for req in reqs:
             if isinstance(req, SearchDriver):
                 req.note_forward()
         rows, targets, beams, row = [], [], [], -1
@@ -229,7 +228,7 @@ class EngineCore:
         if self._live and not self.scheduler.has_work():
             # Every request ends or has work queued; one that has neither would wedge.
             for req in self._live:
-                if not req.finished and not getattr(req, "awaiting_scores", False):
+                if not req.finished and not req.awaiting_scores:
                     self._fail(req, RuntimeError("internal error: the request had no work "
                                                  "left but had not finished"))
             events += self._events

@@ -112,6 +112,8 @@ class Engine:
                     system_prompt: str | None = None) -> tuple[str | None, list[int]]:
         if not isinstance(chat, bool):
             raise TypeError(f"chat must be a bool, got {chat!r}")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise TypeError("system_prompt must be a str or None")
         if isinstance(prompt, str):
             if not prompt:
                 raise ValueError(f"{name} is empty")
@@ -177,8 +179,6 @@ class Engine:
         if prm is not None or answer_fn is not None:
             raise TypeError("prm and answer_fn apply to searches: pass a search strategy as "
                             "sampling, or leave them None")
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError("system_prompt must be a str or None")
         sampling = self._check_sampling(sampling)
         text, ids = self._prompt_ids(prompt, chat, system_prompt=system_prompt)
         return self._enqueue(self._new_generate(text, ids, sampling))
@@ -193,8 +193,6 @@ class Engine:
             raise TypeError("prm must be a callable verifier(question, steps) -> list[float]")
         if answer_fn is not None and not callable(answer_fn):
             raise TypeError("answer_fn must be a callable answer_fn(solution_text) -> str")
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise TypeError("system_prompt must be a str or None")
         if not isinstance(question, str):
             raise TypeError("question must be a non-empty str")
         if self.tokenizer is None:
@@ -239,7 +237,7 @@ class Engine:
         return req.output()
 
     # --- whole calls --------------------------------------------------------------------
-    def _run_to_end(self, ids: list[int]) -> list:
+    def _run_to_end(self, ids: list[int]) -> tuple[list[Request], list]:
         """Steps until these requests finish (serving everything else meanwhile) and hands
         over their outputs; interrupted, they are aborted, so no KV block leaks."""
         try:

@@ -32,6 +32,7 @@ class Request:
         self.error: str | None = None
         self.exception: BaseException | None = None
         self.aborted = False
+        self.awaiting_scores = False   # a search whose round waits for its scores
 
     @property
     def failed(self) -> bool:
@@ -53,6 +54,9 @@ class Request:
 
     def reclaim(self, blocks: int) -> None:
         """The pool is short: give back KV the request holds but can recompute."""
+
+    def abort(self) -> None:
+        self.aborted = True
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -84,7 +88,7 @@ class GenerateRequest(Request):
     def output(self) -> RequestOutput:
         n_prompt = len(self.prompt_ids)
         outs = [CompletionOutput(s.index, s.text, s.tokens[n_prompt:], list(s.logprobs),
-                                 s.finish_reason if s.finished else None, s.cum_logprob)
+                                 s.finish_reason, s.cum_logprob)
                 for s in self.seqs]
         return RequestOutput(self.id, self.prompt, list(self.prompt_ids), outs, self.finished,
                              self.error)

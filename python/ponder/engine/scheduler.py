@@ -108,9 +108,7 @@ class Scheduler:
             n = min(seq.target - seq.computed, budget)
             if n <= 0 and not seq.wants_logits:
                 # Complete from the prefix cache alone (a search root): done without a pass.
-                seq.status = SequenceStatus.FINISHED_STOPPED
-                if not seq.keep_kv:
-                    self.free_kv(seq)
+                self.finish(seq, SequenceStatus.FINISHED_STOPPED)
                 batch.ready.append(seq)
                 continue
             if not self._make_room(seq, n, batch):

@@ -45,7 +45,6 @@ class SearchDriver(Request):
         self.prm_tokens: dict[int, int] = {}       # node -> PRM tokens its scoring ran
         self.to_score: list[int] = []
         self.children: list[int] = []
-        self.awaiting_scores = False
         self.answer_fn = answer_fn or extract_answer
         self.node_kv: dict[int, int] = {}          # node -> KV sequence id (a cache)
         self.node_tokens: dict[int, list[int]] = {0: list(prompt_ids)}
@@ -122,7 +121,7 @@ class SearchDriver(Request):
             self.result.error = self.error
 
     def abort(self) -> None:
-        self.aborted = True
+        super().abort()
         self.done = True
 
     def output(self) -> SearchResult | None:

@@ -76,7 +76,6 @@ class PrmScorer:
                  policy: tuple[ModelRunner, Tokenizer | None] | None = None,
                  max_batch_tokens: int = 4096):
         self.incremental = bool(incremental)
-        self.max_batch_tokens = max_batch_tokens
         if path in (None, "self"):
             if prm_format not in (None, "self-verify"):
                 raise ValueError(f"prm_format {prm_format!r} needs a PRM checkpoint (prm=PATH); "
@@ -236,7 +235,6 @@ class PrmScorer:
         seqs = [self._sequence(item) for item in items]
         for seq in seqs:
             self.scheduler.add(seq)
-        ok = False
         try:
             while self.scheduler.has_work():
                 batch = self.scheduler.schedule()
@@ -250,16 +248,14 @@ class PrmScorer:
                 for seq in batch.seqs + batch.ready:
                     if seq.computed >= seq.target:
                         self._done(seq)
-            ok = True
-        finally:
-            if not ok:
-                for seq in seqs:
-                    if not seq.finished:
-                        if seq.kv_id is not None:
-                            self.kv.uncache(seq.kv_id)
-                        self.scheduler.finish(seq, SequenceStatus.FINISHED_ERROR)
-                for item in items:
-                    self.release(item.owner)
+        except BaseException:
+            for seq in seqs:
+                if not seq.finished:
+                    self.scheduler.free_kv(seq, uncache=True)
+                    self.scheduler.finish(seq, SequenceStatus.FINISHED_ERROR)
+            for item in items:
+                self.release(item.owner)
+            raise
 
     def _done(self, seq: Sequence) -> None:
         self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED)
