@@ -26,9 +26,6 @@ void linear(nb::handle x_obj, nb::handle weight_obj, nb::handle bias_obj, nb::ha
   check_dim(weight, "weight", 1, k, "in_features (x.shape[1])");
   check_dim(out, "out", 0, m, "x.shape[0]");
   check_dim(out, "out", 1, n, "out_features (weight.shape[0])");
-  if (m > cpu::kLinearMaxRows)
-    fail_value("x has " + std::to_string(m) + " rows; this kernel takes at most " +
-               std::to_string(cpu::kLinearMaxRows));
   for (auto [a, name] : {std::pair{&x, "x"}, {&weight, "weight"}, {&out, "out"}}) {
     if (a->device_type() != nb::device::cpu::value) fail_value(std::string(name) + " must be a CPU tensor");
     check_contiguous(*a, name);
@@ -54,8 +51,8 @@ void bind_linear(nb::module_& m) {
   m.attr("LINEAR_HAS_BF16_DOT") = cpu::linear_has_bf16_dot();
   m.def("linear", &linear, tensor_arg("x"), tensor_arg("weight"), tensor_arg("bias"),
         tensor_arg("out"), nb::arg("bf16_dot") = true,
-        "out = x @ weight.T + bias for at most 16 rows of x (CPU). bf16_dot: bf16 through "
-        "avx512_bf16 dot products where available (else widened to fp32).");
+        "out = x @ weight.T + bias (CPU; rows in blocks of 16, each row summed alike). "
+        "bf16_dot: bf16 through avx512_bf16 dot products where available (else widened to fp32).");
 }
 
 }  // namespace ponder::bindings

@@ -1,6 +1,6 @@
-// CPU linear for decode-sized inputs (m <= 16 rows): every weight row is streamed from memory
-// once and multiplied against all rows of x while it is in cache. Threads split the output
-// features, so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
+// CPU linear, in blocks of up to 16 rows of x: every weight row is streamed from memory once
+// per block and multiplied against all rows of the block while it is in cache. Threads split
+// the output features, so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
 //
 // At m = 1 the kernel is memory-bound; at m = 8..16 it is bound by FMAs and their operand
 // loads. A tile of 4 weight rows x 4 rows of x keeps 16 accumulators, so each chunk costs
@@ -107,69 +107,12 @@ __attribute__((target(PONDER_AVX512_BF16))) void tile_rows(const LinearParams& p
 template <typename Dot, typename T>
 void block_avx512(const LinearParams& p, const typename Dot::XT* xs, int64_t n0, int64_t n1) {
   int64_t n = n0;
-  // From 2 rows of x, tiles of four weight rows (with the far prefetch) beat one row at a
-  // time: fp32 at 4 rows 24 -> 19.5 ms of linears per step.
-  if (p.m >= 2)
-    for (; n + kTileN <= n1; n += kTileN) tile_rows<Dot, T, kTileN>(p, xs, n);
+  // Every row count takes the same tiles, so a row's sums never depend on the rows beside it
+  // (batch invariance: a seeded sequence draws the same tokens whatever it is batched with).
+  // A single row through one weight row at a time with two FMA chains was ~5% faster at
+  // batch 1, but summed in another order.
+  for (; n + kTileN <= n1; n += kTileN) tile_rows<Dot, T, kTileN>(p, xs, n);
   for (; n < n1; ++n) tile_rows<Dot, T, 1>(p, xs, n);
-}
-
-// One row of x against weight rows [n0, n1), one weight row at a time with two independent
-// FMA chains: the memory-bound path for fp32/fp16 weights at batch 1, a single sequential
-// weight stream that the hardware prefetcher follows.
-template <typename T>
-__attribute__((target(PONDER_AVX512))) void stream_row(const LinearParams& p, const float* x,
-                                                       int64_t n0, int64_t n1) {
-  const T* w = static_cast<const T*>(p.weight);
-  const T* bias = static_cast<const T*>(p.bias);
-  T* out = static_cast<T*>(p.out);
-  const int64_t k = p.k;
-  for (int64_t n = n0; n < n1; ++n) {
-    const T* wr = w + n * k;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= k; i += 32) {
-      acc0 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i, 0xffff), _mm512_loadu_ps(x + i), acc0);
-      acc1 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i + 16, 0xffff),
-                             _mm512_loadu_ps(x + i + 16), acc1);
-    }
-    for (; i < k; i += 16) {
-      const __mmask16 mask = k - i >= 16 ? 0xffff : static_cast<__mmask16>((1u << (k - i)) - 1);
-      acc0 = _mm512_fmadd_ps(FmaDot<T>::load_w(wr + i, mask), _mm512_maskz_loadu_ps(mask, x + i),
-                             acc0);
-    }
-    const float b = bias != nullptr ? to_f32(bias[n]) : 0.0f;
-    out[n] = from_f32<T>(_mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + b);
-  }
-}
-
-// The bf16 dot-product version of stream_row: one row of bf16 x, two chains of vdpbf16ps.
-// Without the tiles' software prefetches, which cost batch-1 bf16 ~10% of its bandwidth.
-__attribute__((target(PONDER_AVX512_BF16))) void stream_row_bf16(const LinearParams& p,
-                                                                 int64_t n0, int64_t n1) {
-  const bf16* w = static_cast<const bf16*>(p.weight);
-  const bf16* x = static_cast<const bf16*>(p.x);
-  const bf16* bias = static_cast<const bf16*>(p.bias);
-  bf16* out = static_cast<bf16*>(p.out);
-  const int64_t k = p.k;
-  const __mmask32 all = static_cast<__mmask32>(-1);
-  for (int64_t n = n0; n < n1; ++n) {
-    const bf16* wr = w + n * k;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 64 <= k; i += 64) {
-      acc0 = Bf16Dot::dot(acc0, Bf16Dot::load_w(wr + i, all), Bf16Dot::load_x(x + i, all));
-      acc1 = Bf16Dot::dot(acc1, Bf16Dot::load_w(wr + i + 32, all),
-                          Bf16Dot::load_x(x + i + 32, all));
-    }
-    for (; i < k; i += 32) {
-      const __mmask32 mask =
-          k - i >= 32 ? all : static_cast<__mmask32>((uint64_t{1} << (k - i)) - 1);
-      acc0 = Bf16Dot::dot(acc0, Bf16Dot::load_w(wr + i, mask), Bf16Dot::load_x(x + i, mask));
-    }
-    const float b = bias != nullptr ? to_f32(bias[n]) : 0.0f;
-    out[n] = from_f32<bf16>(_mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + b);
-  }
 }
 
 // Portable fallback: plain loops the compiler vectorizes.
@@ -208,10 +151,7 @@ void run(const LinearParams& p, bool use_bf16_dot) {
       if (dot) {
         const bf16* xs = static_cast<const bf16*>(p.x);
         for_each_task(p, [&](int64_t n0, int64_t n1) {
-          if (p.m == 1)
-            stream_row_bf16(p, n0, n1);
-          else
-            block_avx512<Bf16Dot, bf16>(p, xs, n0, n1);
+          block_avx512<Bf16Dot, bf16>(p, xs, n0, n1);
         });
         return;
       }
@@ -223,11 +163,8 @@ void run(const LinearParams& p, bool use_bf16_dot) {
   const T* x = static_cast<const T*>(p.x);
   for (int64_t i = 0; i < p.m * p.k; ++i) x32[i] = to_f32(x[i]);
   const float* xs = x32.data();
-  const bool few_rows = p.m < 2;  // see block_avx512: tiles pay from 2 rows
   for_each_task(p, [&](int64_t n0, int64_t n1) {
-    if (avx512 && few_rows)
-      stream_row<T>(p, xs, n0, n1);
-    else if (avx512)
+    if (avx512)
       block_avx512<FmaDot<T>, T>(p, xs, n0, n1);
     else
       block_generic<T>(p, xs, n0, n1);
@@ -239,11 +176,19 @@ void run(const LinearParams& p, bool use_bf16_dot) {
 bool linear_has_bf16_dot() { return has_avx512_bf16(); }
 
 Status linear(const LinearParams& p, bool use_bf16_dot) {
-  if (p.m > kLinearMaxRows) return Status::error("linear: at most 16 rows of x");
-  switch (p.dtype) {
-    case DType::kFloat32: run<float>(p, use_bf16_dot); break;
-    case DType::kBFloat16: run<bf16>(p, use_bf16_dot); break;
-    case DType::kFloat16: run<_Float16>(p, use_bf16_dot); break;
+  // Blocks of kLinearMaxRows rows: each block streams the weights once; a row's arithmetic
+  // is the same in every block, so any m gives every row the sums it gets alone.
+  const int64_t elem = dtype_size(p.dtype);
+  for (int64_t m0 = 0; m0 < p.m; m0 += kLinearMaxRows) {
+    LinearParams b = p;
+    b.m = std::min(kLinearMaxRows, p.m - m0);
+    b.x = static_cast<const char*>(p.x) + m0 * p.k * elem;
+    b.out = static_cast<char*>(p.out) + m0 * p.n * elem;
+    switch (p.dtype) {
+      case DType::kFloat32: run<float>(b, use_bf16_dot); break;
+      case DType::kBFloat16: run<bf16>(b, use_bf16_dot); break;
+      case DType::kFloat16: run<_Float16>(b, use_bf16_dot); break;
+    }
   }
   return Status::success();
 }

@@ -71,6 +71,12 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main(args.rest)
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from ponder.eval import cli
+
+    return cli.main(args.rest)
+
+
 def _search(args: argparse.Namespace) -> int:
     import ponder
 
@@ -129,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="test-time search on SmolLM2 (ponder demo --help)",
                             add_help=False)
     p_demo.set_defaults(func=_demo)
+    p_eval = sub.add_parser("eval", help="test-time scaling study over a dataset "
+                                          "(ponder eval --help)", add_help=False)
+    p_eval.set_defaults(func=_eval)
     p_s = sub.add_parser("search", help="search for a solution with a strategy")
     p_s.add_argument("model")
     p_s.add_argument("question")
@@ -157,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     p_conv.add_argument("out_dir")
     p_conv.set_defaults(func=_convert)
     args, rest = parser.parse_known_args(argv)
-    if args.func is _demo:
-        args.rest = rest  # the demo parses its own options
+    if args.func in (_demo, _eval):
+        args.rest = rest  # they parse their own options
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)

@@ -376,8 +376,10 @@ _LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight.T + bias``, like ``torch.nn.functional.linear``.
 
-    On the CPU, inputs of at most 16 rows (a decode step) run ponder's multi-threaded kernel,
-    which streams each weight row once for all rows of x; anything else runs torch's.
+    On the CPU (float32, bfloat16, float16, contiguous), ponder's multi-threaded kernel runs
+    it: each block of 16 rows of x streams the weights once, and every row is summed in the
+    same order whatever the rows beside it (batch invariance: a row's output never depends on
+    how many rows there are, which torch's GEMM does not promise). Elsewhere torch's.
 
     Parameters
     ----------
@@ -394,7 +396,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         ``[..., out_features]``.
     """
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-    if (x.device.type != "cpu" or not 0 < rows <= _core.LINEAR_MAX_ROWS
+    if (x.device.type != "cpu" or rows == 0
             or x.dtype not in _LINEAR_DTYPES or weight.dtype != x.dtype
             or (bias is not None and bias.dtype != x.dtype)
             or not (x.is_contiguous() and weight.is_contiguous())):

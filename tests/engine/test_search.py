@@ -83,6 +83,20 @@ def test_result_structure_and_page(eng, tmp_path):
     assert "chosen" in text
 
 
+def test_prefill_and_prefix_hit_counts(smollm2_gguf):
+    eng = ponder.Engine(smollm2_gguf, kv_blocks=256)
+    verifier, _ = calls_verifier()
+    prompt = eng.tokenizer.encode_chat([{"role": "user", "content": Q2}])
+    first = eng.search(Q2, small(ponder.BestOfN, n=2), prm=verifier)
+    # A fresh engine: the whole prompt but the token a step's first decode computes.
+    assert first.stats["tokens_prefilled"] == len(prompt) - 1
+    assert first.stats["prefix_hit_tokens"] == 0
+    again = eng.search(Q2, small(ponder.BestOfN, n=2), prm=verifier)
+    full = (len(prompt) - 1) // eng.block_size * eng.block_size  # whole blocks are cached
+    assert again.stats["prefix_hit_tokens"] == full
+    assert again.stats["tokens_prefilled"] == len(prompt) - 1 - full
+
+
 def test_token_budget_holds(eng):
     res = eng.search(Q1, small(ponder.BeamSearch, n=4, width=2, max_tokens=30, max_steps=10))
     # checked before each round: at most one round (n steps) past the budget

@@ -90,9 +90,13 @@ class EngineCore:
         self.stats["forward_passes"] += 1
         self.stats["tokens_prefilled"] += sum(len(w.token_ids) for w in batch.work
                                               if len(w.token_ids) > 1)
+        prefilled: dict[int, int] = {}
+        for seq, work in zip(batch.seqs, batch.work, strict=True):
+            if len(work.token_ids) > 1:
+                prefilled[id(seq.req)] = prefilled.get(id(seq.req), 0) + len(work.token_ids)
         for req in reqs:
             if isinstance(req, SearchDriver):
-                req.note_forward()
+                req.note_forward(prefilled.get(id(req), 0))
         rows, targets, beams, row = [], [], [], -1
         for seq, work in zip(batch.seqs, batch.work, strict=True):
             if not work.needs_logits:

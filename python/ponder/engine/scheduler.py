@@ -105,6 +105,7 @@ class Scheduler:
                 seq.kv_id = self.kv.create(np.asarray(seq.tokens[:seq.prefix_limit],
                                                       dtype=np.int32))
                 seq.computed = self.kv.length(seq.kv_id)
+                seq.prefix_hit_tokens += seq.computed
             n = min(seq.target - seq.computed, budget)
             if n <= 0 and not seq.wants_logits:
                 # Complete from the prefix cache alone (a search root): done without a pass.

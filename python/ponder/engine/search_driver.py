@@ -22,7 +22,19 @@ from ponder.sampling import Sampling
 from ponder.search.answers import extract_answer
 from ponder.search.results import Candidate, SearchResult, SearchTreeView
 
-STREAM_STRIDE = 1 << 20  # RNG stream of a step = parent node * STREAM_STRIDE + ordinal
+_MASK63 = (1 << 63) - 1
+
+
+def child_stream(parent_stream: int, ordinal: int) -> int:
+    """The RNG stream of a node's `ordinal`-th expansion: a hash (splitmix64) of its parent's
+    stream and the ordinal, so a step's draws depend only on its path from the root (the
+    ordinals along it), never on node ids. Hence best-of-N's i-th sample, or DVTS's b-th
+    subtree, draws the same tokens whatever n is: smaller budgets are prefixes of larger
+    ones."""
+    z = (parent_stream * 0x9E3779B97F4A7C15 + ordinal + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & _MASK63
 
 
 class SearchDriver(Request):
@@ -50,6 +62,7 @@ class SearchDriver(Request):
         self.node_tokens: dict[int, list[int]] = {0: list(prompt_ids)}
         self.node_text: dict[int, str] = {0: question}
         self.ordinals: dict[int, int] = {}
+        self.node_stream: dict[int, int] = {0: 0}   # node -> its RNG stream (child_stream)
         self.root = Sequence(self, list(prompt_ids), hold=1, wants_logits=False, keep_kv=True)
         self.pending: list[Sequence] = []          # step sequences of the current round
         self.seqs = [self.root]
@@ -69,6 +82,7 @@ class SearchDriver(Request):
         return [self.root]
 
     def on_finished(self, seq: Sequence) -> list[Sequence]:
+        self.stats["prefix_hit_tokens"] += seq.prefix_hit_tokens
         if seq is self.root:
             if seq.kv_id is not None:
                 self.node_kv[0] = seq.kv_id
@@ -78,8 +92,11 @@ class SearchDriver(Request):
             self._finish_round()
         return []
 
-    def note_forward(self) -> None:
+    def note_forward(self, prefilled: int) -> None:
+        """One forward pass ran some of this search's sequences (`prefilled` tokens of them
+        in prefill chunks: prompts, and nodes recomputed after their KV was reclaimed)."""
         self.stats["forward_passes"] += 1
+        self.stats["tokens_prefilled"] += prefilled
         blocks, unshared = set(), 0
         for kv_id in list(self.node_kv.values()) + [s.kv_id for s in self.pending
                                                     if s.kv_id is not None]:
@@ -141,7 +158,8 @@ class SearchDriver(Request):
                 j = self.ordinals.get(node, 0)
                 self.ordinals[node] = j + 1
                 seq = Sequence(self, list(tokens), parent_node=node, keep_kv=True,
-                               stream=node * STREAM_STRIDE + j, detok=self.new_detok())
+                               stream=child_stream(self.node_stream[node], j),
+                               detok=self.new_detok())
                 kv_id = self.node_kv.get(node)
                 if kv_id is not None:  # else the scheduler recomputes the node's tokens
                     seq.kv_id = self.kv.fork(kv_id, len(tokens) - 1)
@@ -160,6 +178,7 @@ class SearchDriver(Request):
             children.append(cid)
             self.node_tokens[cid] = seq.tokens
             self.node_text[cid] = seq.text
+            self.node_stream[cid] = seq.stream
             if seq.kv_id is not None:
                 self.node_kv[cid] = seq.kv_id
                 seq.kv_id = None

@@ -38,6 +38,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     kv_id: int | None = None
     computed: int = 0               # tokens whose KV is in the cache
+    prefix_hit_tokens: int = 0      # tokens the prefix cache supplied (each admission)
     hold: int = 0                   # trailing tokens left uncomputed (a search root: 1)
     wants_logits: bool = True       # logits at the last computed token
     cache_limit: int = -1           # tokens the prefix cache may supply (-1: all but one)

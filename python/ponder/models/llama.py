@@ -43,7 +43,8 @@ class RMSNorm(nn.Module):
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    # Decode-sized inputs on the CPU go to ponder's multi-threaded GEMV (ponder.ops.linear).
+    # CPU inputs go to ponder's kernel (ponder.ops.linear): each row summed alike whatever the
+    # batch, so a seeded sequence's tokens never depend on what it is batched with.
     return ops.linear(x, layer.weight, layer.bias)
 
 
