@@ -182,7 +182,8 @@ def compatible(old: dict, new: dict) -> list[str]:
 
 def from_yaml(path: str, overrides: dict) -> EvalConfig:
     """An EvalConfig from a YAML file (the same keys as the command line's long options,
-    with underscores), the command line's explicitly given options overriding it."""
+    with underscores), the command line's explicitly given options overriding it (--param
+    fields merged into the file's params)."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -194,6 +195,12 @@ def from_yaml(path: str, overrides: dict) -> EvalConfig:
     if unknown:
         raise ValueError(f"{path}: unknown option(s) {', '.join(unknown)} (known: "
                          f"{', '.join(sorted(names))})")
+    overrides = dict(overrides)
+    if isinstance(raw.get("params"), dict) and "params" in overrides:
+        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in raw["params"].items()}
+        for strategy, fields in overrides.pop("params").items():
+            merged.setdefault(strategy, {}).update(fields)
+        raw["params"] = merged
     raw.update(overrides)
     for name in ("strategies", "budgets", "seeds"):
         if isinstance(raw.get(name), str):
