@@ -42,8 +42,10 @@ def prepare(cfg: EvalConfig) -> dict[str, dict]:
     os.makedirs(cfg.out, exist_ok=True)
     ident = cfg.identity()
     path = os.path.join(cfg.out, CONFIG)
-    stored = None
-    if os.path.exists(path):
+    rec_path = os.path.join(cfg.out, RECORDS)
+    # Only records need protecting: a run that failed before its first one (a verifier that
+    # does not import, a wrong model path) does not lock the directory to its typo.
+    if os.path.exists(path) and os.path.exists(rec_path) and os.path.getsize(rec_path) > 0:
         with open(path, encoding="utf-8") as f:
             stored = json.load(f)
         diffs = compatible(stored, ident)
@@ -58,7 +60,6 @@ def prepare(cfg: EvalConfig) -> dict[str, dict]:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(ident, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
-    rec_path = os.path.join(cfg.out, RECORDS)
     if not os.path.exists(rec_path):
         return {}
     hashes = {s: cfg.config_hash(s) for s in cfg.strategies}

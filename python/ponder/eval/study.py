@@ -12,7 +12,7 @@ from ponder.eval.config import EvalConfig
 from ponder.eval.data import load_problems
 from ponder.eval.records import record_key
 from ponder.eval.report import summarize, write_report
-from ponder.eval.runner import EngineWorker, finalize, plan
+from ponder.eval.runner import EngineWorker, build_verifier, finalize, plan
 
 log = logging.getLogger("ponder.eval")
 
@@ -85,6 +85,7 @@ def run(config: EvalConfig | None = None, **kwargs) -> list[dict]:
         raise TypeError("pass an EvalConfig or keyword fields, not both")
     problems = load_problems(cfg.data, cfg.question_field, cfg.answer_field, cfg.id_field,
                              cfg.limit, cfg.shuffle_seed)
+    build_verifier(cfg)  # a MODULE:FUNCTION that does not import fails before --out is touched
     done = rec_io.prepare(cfg)
     items, derived = plan(cfg, problems, done)
     per_config = {(s, b): len(problems) * len(cfg.seeds)
@@ -116,8 +117,8 @@ def run(config: EvalConfig | None = None, **kwargs) -> list[dict]:
             else:
                 worker = EngineWorker(cfg)
                 worker.add(items)
-                while worker.busy:
-                    for raw in worker.advance(0.5):
+                while worker.busy:  # each record written as soon as its search ends
+                    for raw in worker.advance(0.0):
                         accept(finalize(cfg, raw, done))
     finally:
         writer.close()
