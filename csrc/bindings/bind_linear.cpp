@@ -51,7 +51,7 @@ void bind_linear(nb::module_& m) {
   m.attr("LINEAR_HAS_BF16_DOT") = cpu::linear_has_bf16_dot();
   m.def("linear", &linear, tensor_arg("x"), tensor_arg("weight"), tensor_arg("bias"),
         tensor_arg("out"), nb::arg("bf16_dot") = true,
-        "out = x @ weight.T + bias (CPU; rows in blocks of 16, each row summed alike). "
+        "out = x @ weight.T + bias (CPU; each row summed alike at any row count). "
         "bf16_dot: bf16 through avx512_bf16 dot products where available (else widened to fp32).");
 }
 

@@ -1,6 +1,6 @@
-// CPU linear, in blocks of up to 16 rows of x: every weight row is streamed from memory once
-// per block and multiplied against all rows of the block while it is in cache. Threads split
-// the output features, so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
+// CPU linear for any number of rows of x: every weight row is streamed from memory once and
+// multiplied against all rows of x while it is in cache. Threads split the output features,
+// so both cores pull weights at once (torch's fp32 GEMV runs on one thread).
 //
 // At m = 1 the kernel is memory-bound; at m = 8..16 it is bound by FMAs and their operand
 // loads. A tile of 4 weight rows x 4 rows of x keeps 16 accumulators, so each chunk costs
@@ -157,7 +157,7 @@ void run(const LinearParams& p, bool use_bf16_dot) {
       }
     }
   }
-  // x widened to fp32 once; every thread reads it (it is at most 16 rows).
+  // x widened to fp32 once; every thread reads it.
   thread_local std::vector<float> x32;
   if (static_cast<int64_t>(x32.size()) < p.m * p.k) x32.resize(p.m * p.k);
   const T* x = static_cast<const T*>(p.x);
@@ -176,19 +176,12 @@ void run(const LinearParams& p, bool use_bf16_dot) {
 bool linear_has_bf16_dot() { return has_avx512_bf16(); }
 
 Status linear(const LinearParams& p, bool use_bf16_dot) {
-  // Blocks of kLinearMaxRows rows: each block streams the weights once; a row's arithmetic
-  // is the same in every block, so any m gives every row the sums it gets alone.
-  const int64_t elem = dtype_size(p.dtype);
-  for (int64_t m0 = 0; m0 < p.m; m0 += kLinearMaxRows) {
-    LinearParams b = p;
-    b.m = std::min(kLinearMaxRows, p.m - m0);
-    b.x = static_cast<const char*>(p.x) + m0 * p.k * elem;
-    b.out = static_cast<char*>(p.out) + m0 * p.n * elem;
-    switch (p.dtype) {
-      case DType::kFloat32: run<float>(b, use_bf16_dot); break;
-      case DType::kBFloat16: run<bf16>(b, use_bf16_dot); break;
-      case DType::kFloat16: run<_Float16>(b, use_bf16_dot); break;
-    }
+  // Any number of rows: each thread's weight tiles stay in L1 while every row of x passes,
+  // and a row's arithmetic is the same whatever the other rows (tile_rows).
+  switch (p.dtype) {
+    case DType::kFloat32: run<float>(p, use_bf16_dot); break;
+    case DType::kBFloat16: run<bf16>(p, use_bf16_dot); break;
+    case DType::kFloat16: run<_Float16>(p, use_bf16_dot); break;
   }
   return Status::success();
 }

@@ -377,8 +377,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``x @ weight.T + bias``, like ``torch.nn.functional.linear``.
 
     On the CPU (float32, bfloat16, float16, contiguous), ponder's multi-threaded kernel runs
-    it: each block of 16 rows of x streams the weights once, and every row is summed in the
-    same order whatever the rows beside it (batch invariance: a row's output never depends on
+    it: the weights are streamed once for all rows of x, and every row is summed in the same
+    order whatever the rows beside it (batch invariance: a row's output never depends on
     how many rows there are, which torch's GEMM does not promise). Elsewhere torch's.
 
     Parameters

@@ -15,7 +15,7 @@ struct LinearParams {
 };
 
 namespace cpu {
-// Rows of x per block (each block streams the weights once); also the fused decode step's limit.
+// Tokens of the fused CPU decode step (decode_layers); linear itself takes any number of rows.
 constexpr int64_t kLinearMaxRows = 16;
 // use_bf16_dot: bf16 inputs go through avx512_bf16's dot product where the CPU has it (false:
 // widen to fp32 and FMA, the only path before; tests compare the two).
