@@ -28,8 +28,12 @@ VERIFIERS = ("prm", "confidence", "equations")  # or "module:function"
 _SIZE = {"bon": "n", "beam": "n", "dvts": "n", "pf": "n", "pg": "n", "astar": "budget",
          "mcts": "simulations"}
 _CAPPED = {"beam": "width", "dvts": "width", "astar": "k", "mcts": "k"}
-# Defaults that differ from the spec classes' own: the references' widths and k.
-_DEFAULTS = {"beam": {"width": 4}, "dvts": {"width": 4}, "astar": {"k": 4}, "mcts": {"k": 4}}
+# Defaults that differ from the spec classes' own: the references' widths and k; and a
+# CPU-sized solution length (the demo's: 8 steps of at most 64 tokens; search-and-learn's GPU
+# runs allow 40 steps of 2048: --param all.max_steps=40 --param all.max_step_tokens=2048),
+# since a best-of-N record waits for its longest sample.
+_DEFAULTS = {"all": {"max_steps": 8, "max_step_tokens": 64}, "beam": {"width": 4},
+             "dvts": {"width": 4}, "astar": {"k": 4}, "mcts": {"k": 4}}
 
 # The demo's prompt: small instruct models follow it, and "The answer is N." is extracted.
 DEFAULT_SYSTEM_PROMPT = ("Solve the math problem step by step. Put each step on its own line, "
@@ -105,6 +109,7 @@ class EvalConfig:
         cls = getattr(ponder, SPEC_NAMES[strategy])
         out = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
                for f in dataclasses.fields(cls)}
+        out.update(_DEFAULTS["all"])
         out.update(_DEFAULTS.get(strategy, {}))
         known = set(out)
         for source in ("all", strategy):
