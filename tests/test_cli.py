@@ -1,8 +1,10 @@
 """The command line, end to end on SmolLM2 (small settings)."""
 
 import json
+import os
+import re
 
-from ponder import cli
+from ponder import cli, demo
 
 
 def test_info(capsys):
@@ -39,7 +41,14 @@ def test_demo_small(smollm2_gguf, capsys, tmp_path):
     page = tmp_path / "demo.html"
     assert cli.main(["demo", "--problems", "1", "--n", "2", "--html", str(page), "--model",
                      smollm2_gguf]) == 0
-    out = capsys.readouterr().out
-    for name in ("greedy", "best-of-n", "beam search", "particle filter"):
-        assert name in out
-    assert page.exists()
+    out, err = capsys.readouterr()
+    assert "particle filter" in err and "accuracy=" in err  # the progress bars
+    assert "does not know the answers" in out
+    # One table line per run: name, correct/total, tokens, seconds, tok/s.
+    table = {m[1] for m in re.finditer(r"^(.+?) +[01]/1 +\d+ +[\d.]+ +[\d.]+$", out, re.M)}
+    assert table == {"greedy", "best-of-n", "beam search", "particle filter",
+                     "PF + PRM (self-verify)", demo.ORACLE}
+    assert page.read_text().startswith("<!doctype")
+    plot = tmp_path / "ponder-demo-tokens"  # beside the tree page
+    for ext in ("png", "svg"):
+        assert os.path.getsize(f"{plot}.{ext}") > 0 and f"{plot}.{ext}" in out

@@ -6,6 +6,13 @@ import torch  # noqa: F401  (loads torch's OpenMP runtime first, so ponder share
 
 from ponder import _core, ops
 from ponder._core import KvCacheManager
+from ponder.engine.async_engine import (
+    AsyncEngine,
+    CompletionDelta,
+    EngineClosed,
+    QueueFull,
+    SearchProgress,
+)
 from ponder.engine.engine import Engine
 from ponder.engine.outputs import (
     BeamOutput,
@@ -29,19 +36,24 @@ from ponder.search.specs import (
 __version__ = "0.1.0"
 __all__ = [
     "AStar",
+    "AsyncEngine",
     "BeamOutput",
     "BeamSearch",
     "BestOfN",
+    "CompletionDelta",
     "CompletionOutput",
     "DVTS",
     "Engine",
+    "EngineClosed",
     "KvCacheManager",
     "MCTS",
     "ParticleFilter",
     "ParticleGibbs",
+    "QueueFull",
     "RequestError",
     "RequestOutput",
     "Sampling",
+    "SearchProgress",
     "SearchSpec",
     "StepEvent",
     "cuda_available",

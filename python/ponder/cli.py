@@ -77,6 +77,12 @@ def _eval(args: argparse.Namespace) -> int:
     return cli.main(args.rest)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ponder.serve import cli
+
+    return cli.main(args.rest)
+
+
 def _search(args: argparse.Namespace) -> int:
     import ponder
 
@@ -138,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("eval", help="test-time scaling study over a dataset "
                                           "(ponder eval --help)", add_help=False)
     p_eval.set_defaults(func=_eval)
+    p_serve = sub.add_parser("serve", help="OpenAI-compatible server with search as a request "
+                                            "parameter (ponder serve --help)", add_help=False)
+    p_serve.set_defaults(func=_serve)
     p_s = sub.add_parser("search", help="search for a solution with a strategy")
     p_s.add_argument("model")
     p_s.add_argument("question")
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     p_conv.add_argument("out_dir")
     p_conv.set_defaults(func=_convert)
     args, rest = parser.parse_known_args(argv)
-    if args.func in (_demo, _eval):
+    if args.func in (_demo, _eval, _serve):
         args.rest = rest  # they parse their own options
     elif rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -236,6 +236,16 @@ class Engine:
             del self._requests[request_id]
         return req.output()
 
+    def search_progress(self, request_id: int) -> dict | None:
+        """A live search's progress: ``{"round", "nodes", "tokens_generated"}`` (rounds
+        finished, tree nodes with the root, tokens generated so far); None for a request that
+        is not a search. Unknown ids (never added, aborted, or handed over by ``output``)
+        raise ValueError."""
+        req = self._requests.get(request_id)
+        if req is None:
+            raise ValueError(f"unknown request_id {request_id}")
+        return req.progress() if isinstance(req, SearchDriver) else None
+
     # --- whole calls --------------------------------------------------------------------
     def _run_to_end(self, ids: list[int]) -> tuple[list[Request], list]:
         """Steps until these requests finish (serving everything else meanwhile) and hands

@@ -67,6 +67,7 @@ class SearchDriver(Request):
         self.pending: list[Sequence] = []          # step sequences of the current round
         self.seqs = [self.root]
         self.done = False
+        self.rounds_done = 0                       # rounds generated, scored and observed
         self.result: SearchResult | None = None
         self.t0 = time.perf_counter()
         self.stats = {"tokens_generated": 0, "tokens_prefilled": 0, "prefix_hit_tokens": 0,
@@ -143,6 +144,12 @@ class SearchDriver(Request):
 
     def output(self) -> SearchResult | None:
         return self.result
+
+    def progress(self) -> dict:
+        """How far the search got: rounds finished (scored and observed), tree nodes (the
+        root included) and tokens generated so far."""
+        return {"round": self.rounds_done, "nodes": len(self.tree),
+                "tokens_generated": self.stats["tokens_generated"]}
 
     # --- rounds -------------------------------------------------------------------------
     def _next_round(self) -> list[Sequence]:
@@ -234,6 +241,7 @@ class SearchDriver(Request):
         st.count_score_calls(len(self.to_score))
         self.stats["score_calls"] += len(self.to_score)
         st.observe(self.children)
+        self.rounds_done += 1
         for nid in st.take_released():
             kv_id = self.node_kv.pop(nid, None)
             if kv_id is not None:
