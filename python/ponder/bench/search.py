@@ -121,9 +121,9 @@ def main(argv=None):
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import ponder
-    from ponder.demo import PROBLEMS, SYSTEM, step_checker
+    from ponder.demo import SYSTEM
+    from ponder.eval.verifiers import equation_checker as verifier
 
-    verifier = step_checker(dict(PROBLEMS + [(QUESTIONS[1], 13)]))
     eng = ponder.Engine("smollm2", dtype="float32", kv_blocks=1024)
     hf = tok = None
     if not args.no_transformers:
