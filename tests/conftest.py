@@ -59,11 +59,22 @@ def smollm2_hf(smollm2_gguf):
 
 
 @pytest.fixture(scope="session")
-def tiny_policy(smollm2_hf, tmp_path_factory):
+def smollm2_tokenizer(request):
+    """A directory with SmolLM2's tokenizer files (tokenizer.json, tokenizer_config.json):
+    $PONDER_TEST_TOKENIZER where set (a machine without the GGUF, e.g. a GPU check that
+    carries them), else the converted SmolLM2's."""
+    path = os.environ.get("PONDER_TEST_TOKENIZER")
+    if path:
+        return path
+    return request.getfixturevalue("smollm2_hf")
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(smollm2_tokenizer, tmp_path_factory):
     """A tiny random Llama policy with SmolLM2's tokenizer and chat template: fast searches
     over arbitrary text (its steps mostly end at max_step_tokens)."""
     from tests.prm.tiny_prm import build
 
     path = str(tmp_path_factory.mktemp("policy") / "policy")
-    build("policy", path, smollm2_hf, seed=1)
+    build("policy", path, smollm2_tokenizer, seed=1)
     return path

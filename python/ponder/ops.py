@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from ponder import _core
+from ponder import _core, kernels
 
 __all__ = ["DecodeLayers", "SampleOutput", "copy_blocks", "paged_attention", "paged_kv_append",
            "prm_head", "sample"]
@@ -37,10 +37,6 @@ def _same_device(ref: torch.Tensor, ref_name: str, **tensors: torch.Tensor | Non
     for name, t in tensors.items():
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name} is on device {t.device} but {ref_name} is on {ref.device}")
-
-
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else 0
 
 
 def _check_range(t: torch.Tensor, name: str, low: int, high: int,
@@ -92,7 +88,8 @@ def paged_kv_append(
         live = slot_mapping[slot_mapping >= 0]
         if torch.unique(live).numel() != live.numel():
             raise ValueError("slot_mapping repeats a slot")
-    _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping, stream=_stream(k_cache))
+    _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping,
+                          stream=kernels.stream(k_cache))
 
 
 def paged_attention(
@@ -168,7 +165,7 @@ def paged_attention(
             query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq_len)
     _core.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens, out,
                           float(scale), max_seq_len=max_seq_len or 0, workspace=workspace,
-                          num_splits=num_splits, stream=_stream(query))
+                          num_splits=num_splits, stream=kernels.stream(query))
     return out
 
 
@@ -204,15 +201,12 @@ def _cuda_prepare(query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq
     if max_seq_len is None:
         return None, 1, 0
     num_heads, num_kv_heads = query.shape[1], k_cache.shape[2]
-    if num_kv_heads == 0 or num_heads % num_kv_heads or cu_query_lens is not None:
+    if num_kv_heads == 0 or num_heads % num_kv_heads:
         return None, 1, max_seq_len
-    sms = _core.cuda_num_sms(query.device.index or 0)
-    splits = _core.paged_attention_num_splits(query.shape[0], num_heads, num_kv_heads,
-                                              max_seq_len, sms)
-    if splits == 1:
-        return None, 1, max_seq_len
-    size = _core.paged_attention_workspace_floats(query.shape[0], num_heads, query.shape[2], splits)
-    return torch.empty(size, dtype=torch.float32, device=query.device), splits, max_seq_len
+    splits, workspace = kernels.attention_plan(query.shape[0], num_heads, num_kv_heads,
+                                               query.shape[2], max_seq_len,
+                                               cu_query_lens is None, query.device)
+    return workspace, splits, max_seq_len
 
 
 def copy_blocks(
@@ -253,7 +247,8 @@ def copy_blocks(
         if dst.numel() and (torch.unique(dst).numel() != dst.numel()
                             or bool(torch.isin(src, dst).any())):
             raise ValueError("dst ids must be distinct and none may also be a src")
-    _core.copy_blocks(k_caches, v_caches, src, dst, stream=_stream(k_caches[0]) if k_caches else 0)
+    _core.copy_blocks(k_caches, v_caches, src, dst,
+                      stream=kernels.stream(k_caches[0]) if k_caches else 0)
 
 
 class SampleOutput(NamedTuple):
@@ -350,7 +345,7 @@ def sample(
         torch.empty(num_rows, num_logprobs, dtype=torch.float32, device=device),
     )
     _core.sample(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions, *out,
-                 num_logprobs=num_logprobs, stream=_stream(logits))
+                 num_logprobs=num_logprobs, stream=kernels.stream(logits))
     return out
 
 
@@ -547,7 +542,7 @@ def prm_head(
     if hidden.is_cuda and w1 is not None and w1.dim() == 2:
         workspace = torch.empty(num_rows * w1.shape[0], dtype=torch.float32, device=hidden.device)
     _core.prm_head(hidden, rows, w2, b2, w1, b1, out, workspace=workspace,
-                   stream=_stream(hidden))
+                   stream=kernels.stream(hidden))
     return out
 
 
@@ -631,79 +626,5 @@ class DecodeLayers:
         return out
 
 
-# --- torch operators --------------------------------------------------------------------
-# torch.ops.ponder.<name>: the functions above behind the dispatcher. Schemas are written out
-# (not inferred from annotations) so that they read the same on every torch >= 2.4; (a!)
-# marks the arguments an op writes in place, which functionalization turns into copies.
-_LIB = "ponder"
-
-
-def _register(name: str, schema: str, fn, fake, mutates: tuple[str, ...] = ()):
-    op = torch.library.custom_op(f"{_LIB}::{name}", fn, mutates_args=mutates, schema=schema)
-    op.register_fake(fake)
-    return op
-
-
-def _no_output(*args, **kwargs) -> None:
-    return None
-
-
-_register(
-    "paged_kv_append",
-    "(Tensor key, Tensor value, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slot_mapping)"
-    " -> ()",
-    paged_kv_append, _no_output, ("k_cache", "v_cache"))
-_register(
-    "paged_attention",
-    "(Tensor query, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
-    "Tensor? cu_query_lens=None, float? scale=None, int? max_seq_len=None) -> Tensor",
-    lambda query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens=None, scale=None,
-    max_seq_len=None: paged_attention(query, k_cache, v_cache, block_tables, seq_lens,
-                                      cu_query_lens, scale, max_seq_len=max_seq_len),
-    lambda query, *args, **kwargs: torch.empty_like(query))
-_register(
-    "copy_blocks",
-    "(Tensor(a!)[] k_caches, Tensor(b!)[] v_caches, Tensor src, Tensor dst) -> ()",
-    copy_blocks, _no_output, ("k_caches", "v_caches"))
-
-
-def _sample_op(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions,
-               num_logprobs=0):
-    return tuple(sample(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions,
-                        num_logprobs=num_logprobs))
-
-
-def _sample_fake(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions,
-                 num_logprobs=0):
-    n = logits.shape[0]
-    return (logits.new_empty(n, dtype=torch.int64), logits.new_empty(n, dtype=torch.float32),
-            logits.new_empty(n, num_logprobs, dtype=torch.int64),
-            logits.new_empty(n, num_logprobs, dtype=torch.float32))
-
-
-_register(
-    "sample",
-    "(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
-    "Tensor seeds, Tensor seq_ids, Tensor positions, int num_logprobs=0) "
-    "-> (Tensor, Tensor, Tensor, Tensor)",
-    _sample_op, _sample_fake)
-_register(
-    "linear", "(Tensor x, Tensor weight, Tensor? bias=None) -> Tensor", linear,
-    lambda x, weight, bias=None: x.new_empty(*x.shape[:-1], weight.shape[0]))
-_register(
-    "rms_norm", "(Tensor x, Tensor weight, float eps, Tensor(a!)? residual=None) -> Tensor",
-    rms_norm, lambda x, weight, eps, residual=None: torch.empty_like(x), ("residual",))
-_register(
-    "rotary",
-    "(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin, Tensor positions) -> ()",
-    rotary, _no_output, ("q", "k"))
-_register(
-    "silu_and_mul", "(Tensor gate_up) -> Tensor", silu_and_mul,
-    lambda gate_up: gate_up.new_empty(*gate_up.shape[:-1], gate_up.shape[-1] // 2))
-_register(
-    "prm_head",
-    "(Tensor hidden, Tensor rows, Tensor w2, Tensor? b2=None, Tensor? w1=None, "
-    "Tensor? b1=None) -> Tensor",
-    prm_head,
-    lambda hidden, rows, w2, b2=None, w1=None, b1=None: hidden.new_empty(
-        rows.shape[0], dtype=torch.float32))
+# torch.ops.ponder.<name>: the functions above behind the dispatcher.
+from ponder import torch_ops as _torch_ops  # noqa: E402,F401  (registers them)

@@ -222,6 +222,7 @@ GENERATE = [
     ("sampling-dict", T, "sampling", lambda e: e.add_request([5], {"max_tokens": 3})),
     ("sampling-str", T, "sampling", lambda e: e.add_request([5], "greedy")),
     ("top_k>vocab", V, "top_k", lambda e: e.add_request([5], ponder.Sampling(top_k=161))),
+    ("n>kv blocks", V, r"n \(33\)", lambda e: e.add_request([5], ponder.Sampling(n=33))),
     ("logprobs>vocab", V, "logprobs",
      lambda e: e.generate([[5]], ponder.Sampling(max_tokens=2, logprobs=161))),
     ("stop_token_ids-outside-vocab", V, "stop_token_ids",

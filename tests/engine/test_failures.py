@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 import ponder
+from ponder import kernels
 
 Q = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 PROMPT = [5, 17, 33, 8, 91, 4, 12, 9]
@@ -41,16 +42,39 @@ def clean(eng):
     assert eng.kv.stats()["used"] == 0 and not eng.kv.sequence_ids()
 
 
-def test_a_sampling_parameter_the_kernel_rejects_fails_that_request_alone(eng):
-    good = eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=1))
+def test_sampling_changed_after_the_door_never_reaches_the_sampler(eng):
     sp = ponder.Sampling(max_tokens=6, seed=2)
-    sp.temperature = float("inf")  # changed after the door's checks: found by the kernel
-    bad = eng.add_request(PROMPT, sp)
+    sp.temperature = float("inf")  # changed after Sampling's checks: refused at the door
+    with pytest.raises(ValueError, match="temperature"):
+        eng.add_request(PROMPT, sp)
+    sp = ponder.Sampling(max_tokens=6, seed=2, temperature=0.0)
+    rid = eng.add_request(PROMPT, sp)
+    sp.temperature = float("inf")  # the request keeps its own checked copy
+    drain(eng)
+    out = eng.output(rid)
+    assert out.error is None and len(out.outputs[0].token_ids) == 6
+    assert out.outputs[0].token_ids == eng.generate(
+        [PROMPT], ponder.Sampling(max_tokens=6, temperature=0.0))[0].outputs[0].token_ids
+    clean(eng)
+
+
+def test_a_row_the_sampler_rejects_fails_that_request_alone(eng, monkeypatch):
+    want = eng.generate([PROMPT], ponder.Sampling(max_tokens=6, seed=1))[0].outputs[0]
+    real = kernels.sample
+
+    def picky(logits, temperature, top_k, top_p, min_p, seeds, *rest):
+        if bool((seeds == 2).any()):  # the bad request's rows
+            raise ValueError("temperature holds a value outside [0, inf)")
+        return real(logits, temperature, top_k, top_p, min_p, seeds, *rest)
+
+    monkeypatch.setattr(kernels, "sample", picky)
+    good = eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=1))
+    bad = eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=2))
     drain(eng)
     out_bad, out_good = eng.output(bad), eng.output(good)
     assert out_bad.error and "temperature" in out_bad.error
     assert out_bad.outputs[0].finish_reason == "error"
-    assert out_good.error is None and len(out_good.outputs[0].token_ids) == 6
+    assert out_good.error is None and out_good.outputs[0].token_ids == want.token_ids
     clean(eng)
 
 
@@ -133,11 +157,17 @@ def test_a_failed_forward_fails_its_batch_and_the_engine_serves_on(tiny_llama, m
     clean(eng)
 
 
-def test_streamed_events_end_every_failed_completion(tiny_llama):
+def test_streamed_events_end_every_failed_completion(tiny_llama, monkeypatch):
     eng = ponder.Engine(tiny_llama, kv_blocks=64)
-    sp = ponder.Sampling(max_tokens=4, n=3, seed=1)
-    sp.top_p = float("nan")
-    rid = eng.add_request(PROMPT, sp)
+    real = kernels.sample
+
+    def picky(logits, temperature, top_k, top_p, min_p, seeds, *rest):
+        if bool((seeds == 7).any()):  # the bad request's rows
+            raise ValueError("top_p holds a value outside (0, 1]")
+        return real(logits, temperature, top_k, top_p, min_p, seeds, *rest)
+
+    monkeypatch.setattr(kernels, "sample", picky)
+    rid = eng.add_request(PROMPT, ponder.Sampling(max_tokens=4, n=3, seed=7))
     good = eng.add_request(PROMPT, ponder.Sampling(max_tokens=4, seed=1, ignore_eos=True))
     events = []
     while eng.has_unfinished():

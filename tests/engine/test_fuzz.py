@@ -137,7 +137,9 @@ class EngineMachine(RuleBasedStateMachine):
             rid = self.eng.add_request(q, STRATEGIES[name](seed), prm=verifier)
             self.live[rid] = req
         else:
-            self.live[self._add_bad(req[1])] = ("bad",)
+            rid = self._add_bad(req[1])
+            if rid is not None:
+                self.live[rid] = ("bad",)
 
     @rule(prompt=st.lists(st.integers(3, 4000), min_size=1, max_size=16),
           width=st.integers(1, 3), max_tokens=st.integers(1, 6))
@@ -151,11 +153,13 @@ class EngineMachine(RuleBasedStateMachine):
         assert all(abs(b.score - w) < 1e-4 for b, (_, w) in zip(got, want, strict=True))
         self._collect()
 
-    def _add_bad(self, kind) -> int:
+    def _add_bad(self, kind) -> int | None:
         if kind == "sampling":
             sp = ponder.Sampling(max_tokens=3, seed=1)
-            sp.temperature = float("nan")  # past the door: the kernel rejects it
-            return self.eng.add_request([5, 6, 7], sp)
+            sp.temperature = float("nan")  # changed after Sampling's checks: the door's catch it
+            with pytest.raises(ValueError, match="temperature"):
+                self.eng.add_request([5, 6, 7], sp)
+            return None
         if kind == "verifier":
             return self.eng.add_request(QUESTIONS[0], STRATEGIES["bon"](1),
                                         prm=broken_verifier)

@@ -52,9 +52,11 @@ def _tokenizer(src: str, out: str, fmt: str) -> None:
         json.dump(cfg, f)
 
 
-def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0):
+def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0, heads: tuple[int, int] = (4, 2)):
     """Writes a tiny PRM of this format to out; returns (hf body model, head params).
-    fmt "policy": a tiny random Llama policy with SmolLM2's tokenizer and chat template."""
+    fmt "policy": a tiny random Llama policy with SmolLM2's tokenizer and chat template.
+    smollm2_hf: a directory with SmolLM2's tokenizer files. heads: (attention, key-value)
+    heads of the 64-wide model (2, 1 gives head_dim 32, which the CUDA kernels take)."""
     import transformers as tf
     from safetensors.torch import load_file, save_file
 
@@ -65,7 +67,8 @@ def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0):
     vocab = -(-vocab // 64) * 64
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  num_attention_heads=heads[0], num_key_value_heads=heads[1],
+                  max_position_embeddings=1024,
                   rms_norm_eps=1e-5, rope_theta=10000.0)
     if fmt in ("qwen", "skywork"):
         model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**common, tie_word_embeddings=False))

@@ -89,11 +89,11 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def tiny_prm(smollm2_hf, tmp_path_factory):
+def tiny_prm(smollm2_tokenizer, tmp_path_factory):
     from tests.prm.tiny_prm import build
 
     path = str(tmp_path_factory.mktemp("prm") / "qwen")
-    build("qwen", path, smollm2_hf, seed=0)
+    build("qwen", path, smollm2_tokenizer, seed=0)
     return path
 
 

@@ -65,3 +65,21 @@ def test_a_prm_verified_search_equals_engine_search(prm_server, prm_engine, tiny
     assert m["ponder_search_rounds_total"] - base["ponder_search_rounds_total"] == \
         resp.usage.rounds
     assert m["ponder_prm_kv_blocks_used"] + m["ponder_prm_kv_blocks_free"] == 4
+
+
+def test_a_confidence_search_on_a_prm_server_leaves_the_prm_out(prm_server, prm_engine,
+                                                               engine):
+    fields = dict(n=2, width=2, max_steps=2, max_step_tokens=4)
+    want = engine.search(QUESTION, ponder.BeamSearch(**fields, seed=3), chat=False)  # no PRM
+    same = prm_engine.search(QUESTION, ponder.BeamSearch(**fields, seed=3), chat=False,
+                             prm="confidence")
+    assert same.tree.to_json() == want.tree.to_json()
+    assert same.stats["prm_tokens"] == 0
+    client = openai.OpenAI(base_url=f"{prm_server.url}/v1", api_key="unused", max_retries=0)
+    resp = client.completions.create(
+        model="tiny", prompt=QUESTION, seed=3,
+        extra_body={"search": {"strategy": "beam", **fields, "verifier": "confidence",
+                               "return_tree": True}})
+    assert resp.choices[0].text == want.best.text
+    assert resp.model_extra["search"]["tree"] == json.loads(want.tree.to_json())
+    assert resp.usage.prm_tokens == 0

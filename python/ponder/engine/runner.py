@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ponder import ops
+from ponder import kernels
 from ponder.models.llama import AttentionMetadata, CausalLM
 from ponder.models.loader import Checkpoint
 
@@ -100,46 +100,51 @@ class ModelRunner:
 
     def _copy(self, copies: list[tuple[int, int]]) -> None:
         if copies:
-            src = torch.tensor([c[0] for c in copies], dtype=torch.int64, device=self.device)
-            dst = torch.tensor([c[1] for c in copies], dtype=torch.int64, device=self.device)
-            ops.copy_blocks(self.k_caches, self.v_caches, src, dst)
+            pairs = np.asarray(copies, dtype=np.int64)
+            src, dst = kernels.to_device([pairs[:, 0], pairs[:, 1]], self.device)
+            kernels.copy_blocks(self.k_caches, self.v_caches, src, dst)
 
     @torch.inference_mode()
     def execute(self, seqs: list[ScheduledSeq]) -> torch.Tensor:
         """Runs one packed forward; returns fp32 logits [num seqs needing logits, vocab]."""
-        hidden, lens = self.hidden_states(seqs)
-        dev = self.device
-        last = np.cumsum(lens) - 1
-        want = [i for i, s in enumerate(seqs) if s.needs_logits]
-        if not want:
-            return torch.empty(0, self.config.vocab_size, device=dev)
-        rows = torch.from_numpy(last[want]).to(dev)
+        lens = np.fromiter((len(s.token_ids) for s in seqs), dtype=np.int64, count=len(seqs))
+        want = np.fromiter((i for i, s in enumerate(seqs) if s.needs_logits), dtype=np.int64)
+        hidden, rows = self._forward(seqs, lens, (np.cumsum(lens) - 1)[want])
+        if not want.size:
+            return torch.empty(0, self.config.vocab_size, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
 
     @torch.inference_mode()
     def hidden_states(self, seqs: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]]:
         """Runs one packed forward; returns the final-norm hidden states of every token run
         [sum of lens, hidden] and each sequence's token count."""
-        dev = self.device
         lens = [len(s.token_ids) for s in seqs]
-        ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64, count=sum(lens))
-        positions = np.concatenate([np.arange(s.start_pos, s.start_pos + n, dtype=np.int64)
-                                    for s, n in zip(seqs, lens, strict=True)])
+        hidden, _ = self._forward(seqs, np.asarray(lens, dtype=np.int64), None)
+        return hidden, lens
+
+    def _forward(self, seqs: list[ScheduledSeq], lens: np.ndarray, rows: np.ndarray | None):
+        """The forward's metadata, built and checked on the host and uploaded in one copy
+        (with ``rows``, the token rows the caller reads afterwards); then the model."""
+        ids = np.fromiter((t for s in seqs for t in s.token_ids), dtype=np.int64,
+                          count=int(lens.sum()))
+        starts = np.fromiter((s.start_pos for s in seqs), dtype=np.int64, count=len(seqs))
+        seq_lens = (starts + lens).astype(np.int32)
+        positions = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(ids.size)
         slots = np.concatenate([s.slots for s in seqs]).astype(np.int64, copy=False)
-        seq_lens = np.array([s.start_pos + n for s, n in zip(seqs, lens, strict=True)],
-                            dtype=np.int32)
         width = max(len(s.block_table) for s in seqs)
         tables = np.zeros((len(seqs), width), dtype=np.int32)
         for i, s in enumerate(seqs):
             tables[i, :len(s.block_table)] = s.block_table
-        decode = all(n == 1 for n in lens)
-        cu = None if decode else torch.from_numpy(
-            np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)).to(dev)
-        meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(slots).to(dev),
-            block_tables=torch.from_numpy(tables).to(dev),
-            seq_lens=torch.from_numpy(seq_lens).to(dev), cu_query_lens=cu,
-            max_seq_len=int(seq_lens.max()))
-        hidden = self.model(torch.from_numpy(ids).to(dev), torch.from_numpy(positions).to(dev),
-                            meta, self.kv_caches)
-        return hidden, lens
+        decode = bool((lens == 1).all())
+        kernels.check_step(slots, tables, seq_lens, lens, self.num_blocks, self.block_size)
+        cu = None if decode else np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        t_ids, t_pos, t_slots, t_tables, t_lens, t_cu, t_rows = kernels.to_device(
+            [ids, positions, slots, tables, seq_lens, cu, rows], self.device)
+        cfg, max_seq_len = self.config, int(seq_lens.max())
+        splits, workspace = kernels.attention_plan(ids.size, cfg.num_heads, cfg.num_kv_heads,
+                                                   cfg.head_dim, max_seq_len, decode,
+                                                   self.device)
+        meta = AttentionMetadata(slot_mapping=t_slots, block_tables=t_tables, seq_lens=t_lens,
+                                 cu_query_lens=t_cu, max_seq_len=max_seq_len,
+                                 num_splits=splits, workspace=workspace)
+        return self.model(t_ids, t_pos, meta, self.kv_caches), t_rows

@@ -13,19 +13,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ponder import ops
+from ponder import kernels, ops
 from ponder.models.config import ModelConfig
 
 
 @dataclass
 class AttentionMetadata:
-    """Where this forward's tokens live in the paged cache (see ponder.ops)."""
+    """Where this forward's tokens live in the paged cache (see ponder.ops): built and
+    checked once per forward by its caller (``ponder.kernels.check_step``), so the layers
+    call the kernels unchecked, without host syncs."""
 
     slot_mapping: torch.Tensor            # int64 [num_tokens]
     block_tables: torch.Tensor            # int32 [batch, max_blocks]
     seq_lens: torch.Tensor                # int32 [batch], new tokens included
     cu_query_lens: torch.Tensor | None    # int32 [batch + 1]; None when every q_len is 1
     max_seq_len: int
+    num_splits: int = 1                   # CUDA decode: split-KV (ponder.kernels.attention_plan)
+    workspace: torch.Tensor | None = None  # ... and its float32 workspace
 
 
 class RMSNorm(nn.Module):
@@ -74,9 +78,10 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         cos, sin, positions = rope
         ops.rotary(q, k, cos, sin, positions)
-        ops.paged_kv_append(k, v, k_cache, v_cache, meta.slot_mapping)
-        out = ops.paged_attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                                  meta.cu_query_lens, self.scale, max_seq_len=meta.max_seq_len)
+        kernels.kv_append(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = kernels.attention(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
+                                meta.cu_query_lens, self.scale, meta.max_seq_len,
+                                meta.num_splits, meta.workspace)
         return _linear(self.o_proj, out.view(-1, self.q_size))
 
 

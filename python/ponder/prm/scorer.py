@@ -16,9 +16,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 
-from ponder import ops
+from ponder import kernels
 from ponder._core import KvCacheManager
 from ponder.engine.runner import ModelRunner
 from ponder.engine.scheduler import Scheduler
@@ -300,8 +301,10 @@ class PrmScorer:
         hidden, _ = self.runner.hidden_states(batch.work)
         self.stats["forward_passes"] += 1
         h = self.head
-        idx = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
-        scores = ops.prm_head(hidden, idx, h["w2"], h["b2"], h["w1"], h["b1"]).tolist()
+        (idx,) = kernels.to_device([np.asarray(rows, dtype=np.int64)], hidden.device)
+        (scores,) = kernels.to_host(kernels.prm_head(hidden, idx, h["w2"], h["b2"], h["w1"],
+                                                     h["b1"]))
+        scores = scores.tolist()
         at = 0
         for seq, k in zip(batch.seqs, counts, strict=True):
             seq.payload.scores.extend(scores[at:at + k])

@@ -482,16 +482,13 @@ class OpenAIServing:
         if verifier == "prm" and self.engine.prm is None:
             raise ApiError(400, "search.verifier 'prm' needs a server started with --prm",
                            "search.verifier")
-        if verifier == "confidence" and self.engine.prm is not None:
-            raise ApiError(400, "search.verifier 'confidence' is not available on a server "
-                                "started with --prm (its searches are scored by the PRM)",
-                           "search.verifier")
-        return spec
+        return spec, verifier
 
     async def _search(self, req, shape: _Shape, question: str, system: str | None,
                       ids: list[int], chat: bool, rename):
-        spec = self._spec(req, rename)
-        it = self.ae.search(question, spec, chat=chat, system_prompt=system)
+        spec, verifier = self._spec(req, rename)
+        it = self.ae.search(question, spec, chat=chat, system_prompt=system,
+                            prm="confidence" if verifier == "confidence" else None)
         (first,) = await self._start([it], rename)
         rid, created = f"{'chatcmpl' if shape.chat else 'cmpl'}-{uuid.uuid4().hex}", int(
             time.time())
