@@ -42,6 +42,19 @@ def clean(eng):
     assert eng.kv.stats()["used"] == 0 and not eng.kv.sequence_ids()
 
 
+def sampler_rejects_seed(monkeypatch, seed: int, message: str) -> None:
+    """The sampling kernel raises for any batch holding a row of this seed, as it does for
+    a parameter it cannot take."""
+    real = kernels.sample
+
+    def picky(logits, temperature, top_k, top_p, min_p, seeds, *rest):
+        if bool((seeds == seed).any()):
+            raise ValueError(message)
+        return real(logits, temperature, top_k, top_p, min_p, seeds, *rest)
+
+    monkeypatch.setattr(kernels, "sample", picky)
+
+
 def test_sampling_changed_after_the_door_never_reaches_the_sampler(eng):
     sp = ponder.Sampling(max_tokens=6, seed=2)
     sp.temperature = float("inf")  # changed after Sampling's checks: refused at the door
@@ -60,14 +73,7 @@ def test_sampling_changed_after_the_door_never_reaches_the_sampler(eng):
 
 def test_a_row_the_sampler_rejects_fails_that_request_alone(eng, monkeypatch):
     want = eng.generate([PROMPT], ponder.Sampling(max_tokens=6, seed=1))[0].outputs[0]
-    real = kernels.sample
-
-    def picky(logits, temperature, top_k, top_p, min_p, seeds, *rest):
-        if bool((seeds == 2).any()):  # the bad request's rows
-            raise ValueError("temperature holds a value outside [0, inf)")
-        return real(logits, temperature, top_k, top_p, min_p, seeds, *rest)
-
-    monkeypatch.setattr(kernels, "sample", picky)
+    sampler_rejects_seed(monkeypatch, 2, "temperature holds a value outside [0, inf)")
     good = eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=1))
     bad = eng.add_request(PROMPT, ponder.Sampling(max_tokens=6, seed=2))
     drain(eng)
@@ -159,14 +165,7 @@ def test_a_failed_forward_fails_its_batch_and_the_engine_serves_on(tiny_llama, m
 
 def test_streamed_events_end_every_failed_completion(tiny_llama, monkeypatch):
     eng = ponder.Engine(tiny_llama, kv_blocks=64)
-    real = kernels.sample
-
-    def picky(logits, temperature, top_k, top_p, min_p, seeds, *rest):
-        if bool((seeds == 7).any()):  # the bad request's rows
-            raise ValueError("top_p holds a value outside (0, 1]")
-        return real(logits, temperature, top_k, top_p, min_p, seeds, *rest)
-
-    monkeypatch.setattr(kernels, "sample", picky)
+    sampler_rejects_seed(monkeypatch, 7, "top_p holds a value outside (0, 1]")
     rid = eng.add_request(PROMPT, ponder.Sampling(max_tokens=4, n=3, seed=7))
     good = eng.add_request(PROMPT, ponder.Sampling(max_tokens=4, seed=1, ignore_eos=True))
     events = []

@@ -224,18 +224,26 @@ def test_stop_strings_read_ids_past_the_tokenizer(tiny_policy, tmp_path):
         if name.endswith(".safetensors"):
             tensors.update(load_file(os.path.join(tiny_policy, name)))
     pad = 64
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        w = tensors[key]
-        extra = torch.zeros(pad, w.shape[1]) if key.startswith("model") else \
-            torch.ones(pad, w.shape[1]) * 50.0  # the padded ids win every greedy pick
-        tensors[key] = torch.cat([w, extra]).contiguous()
-    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["vocab_size"] += pad
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    eng = ponder.Engine(str(tmp_path), kv_blocks=64)
-    assert eng.config.vocab_size == eng.tokenizer.vocab_size + pad
-    out = eng.generate(["Say hi."], ponder.Sampling(max_tokens=5, temperature=0.0,
-                                                    stop=["\n\n"]))[0].outputs[0]
-    assert all(t >= eng.tokenizer.vocab_size for t in out.token_ids)
+    # Padded LM-head rows of +50 or -50 everywhere: with one of the two signs (whichever
+    # agrees with the hidden states' sum) the padded ids win every greedy pick.
+    for sign in (1.0, -1.0):
+        padded = {}
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            w = tensors[key]
+            extra = torch.zeros(pad, w.shape[1]) if key.startswith("model") else \
+                torch.full((pad, w.shape[1]), 50.0 * sign)
+            padded[key] = torch.cat([w, extra]).contiguous()
+        save_file({**tensors, **padded}, str(tmp_path / "model.safetensors"),
+                  metadata={"format": "pt"})
+        eng = ponder.Engine(str(tmp_path), kv_blocks=64)
+        assert eng.config.vocab_size == eng.tokenizer.vocab_size + pad
+        out = eng.generate(["Say hi."], ponder.Sampling(max_tokens=5, temperature=0.0,
+                                                        stop=["\n\n"]))[0].outputs[0]
+        if all(t >= eng.tokenizer.vocab_size for t in out.token_ids):
+            break
+    else:
+        raise AssertionError("no sign made the padded ids win")
     assert out.finish_reason == "length" and out.text == ""

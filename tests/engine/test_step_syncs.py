@@ -93,8 +93,8 @@ def step_policy(smollm2_tokenizer, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("syncs")
     policy, prm = str(root / "policy"), str(root / "prm")
-    build("policy", policy, smollm2_tokenizer, seed=3, heads=(2, 1))
-    build("qwen", prm, smollm2_tokenizer, seed=4, heads=(2, 1))
+    build("policy", policy, smollm2_tokenizer, seed=3)
+    build("qwen", prm, smollm2_tokenizer, seed=4)
     return policy, prm
 
 

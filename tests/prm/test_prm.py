@@ -27,7 +27,7 @@ TOL = 2e-5
 
 
 @pytest.fixture(scope="session")
-def tiny_prms(smollm2_hf, tmp_path_factory):
+def tiny_prms(smollm2_tokenizer, tmp_path_factory):
     """format -> (path, hf body model, head tensors, transformers tokenizer)."""
     import transformers as tf
 
@@ -35,7 +35,7 @@ def tiny_prms(smollm2_hf, tmp_path_factory):
     out = {}
     for fmt in FORMATS:
         path = str(root / fmt)
-        model, head = build(fmt, path, smollm2_hf)
+        model, head = build(fmt, path, smollm2_tokenizer)
         out[fmt] = (path, model, head, tf.PreTrainedTokenizerFast.from_pretrained(path))
     return out
 

@@ -52,11 +52,11 @@ def _tokenizer(src: str, out: str, fmt: str) -> None:
         json.dump(cfg, f)
 
 
-def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0, heads: tuple[int, int] = (4, 2)):
+def build(fmt: str, out: str, smollm2_hf: str, seed: int = 0, heads: tuple[int, int] = (2, 1)):
     """Writes a tiny PRM of this format to out; returns (hf body model, head params).
     fmt "policy": a tiny random Llama policy with SmolLM2's tokenizer and chat template.
     smollm2_hf: a directory with SmolLM2's tokenizer files. heads: (attention, key-value)
-    heads of the 64-wide model (2, 1 gives head_dim 32, which the CUDA kernels take)."""
+    heads of the 64-wide model (the default gives head_dim 32, a size the CUDA kernels take)."""
     import transformers as tf
     from safetensors.torch import load_file, save_file
 
