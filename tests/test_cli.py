@@ -18,6 +18,16 @@ def test_bench_paged_attention_json(capsys):
     assert len(rows) == 3 and all(r["ponder_us"] > 0 and r["ratio"] > 0 for r in rows)
 
 
+def test_bench_names_every_benchmark(capsys):
+    import importlib
+
+    from ponder.bench import BENCHMARKS
+
+    assert all(callable(importlib.import_module(f"ponder.bench.{n}").main) for n in BENCHMARKS)
+    assert cli.main(["bench", "nonsense"]) == 2
+    assert "decode" in capsys.readouterr().err
+
+
 def test_generate_streams_text(smollm2_gguf, capsys):
     assert cli.main(["generate", smollm2_gguf, "What is 2+2?", "--max-tokens", "8"]) == 0
     out = capsys.readouterr()

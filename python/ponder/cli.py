@@ -25,9 +25,9 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"unknown benchmark {args.name!r}; choose from {', '.join(BENCHMARKS)}",
               file=sys.stderr)
         return 2
-    from ponder.bench import paged_attention
+    import importlib
 
-    return paged_attention.main(args.rest)
+    return importlib.import_module(f"ponder.bench.{args.name}").main(args.rest)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_info = sub.add_parser("info", help="build and device information")
     p_info.set_defaults(func=_info)
-    p_bench = sub.add_parser("bench", help="kernel microbenchmarks (ponder bench NAME --help)",
+    p_bench = sub.add_parser("bench", help="benchmarks (ponder bench NAME --help)",
                              add_help=False)
-    p_bench.add_argument("name", help="paged_attention")
+    p_bench.add_argument("name", help="paged_attention, decode, generate, search or prm")
     p_bench.add_argument("rest", nargs=argparse.REMAINDER)
     p_bench.set_defaults(func=_bench)
     p_gen = sub.add_parser("generate", help="generate text from a prompt")

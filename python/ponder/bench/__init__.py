@@ -1,3 +1,3 @@
-"""Kernel microbenchmarks, runnable from an installed wheel as ``ponder bench NAME``."""
+"""Benchmarks runnable from an installed wheel as ``ponder bench NAME``."""
 
-BENCHMARKS = ("paged_attention",)
+BENCHMARKS = ("paged_attention", "decode", "generate", "search", "prm")
