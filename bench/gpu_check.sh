@@ -41,11 +41,11 @@ exec > >(tee "$OUT/log.txt") 2>&1
 declare -A RC
 stage() {  # stage NAME SECONDS CMD...: runs CMD under a time limit, records its exit status
   local name=$1 limit=$2; shift 2
-  echo "=== $name (at most ${limit}s) $(date +%T)"
+  echo "=== $name (at most ${limit}s) $(date +%T)" >&2  # (stdout may be a stage's JSON)
   local t0=$SECONDS
   timeout "$limit" "$@"
   RC[$name]=$?
-  echo "=== $name: exit ${RC[$name]} after $((SECONDS - t0))s"
+  echo "=== $name: exit ${RC[$name]} after $((SECONDS - t0))s" >&2
 }
 
 { nvidia-smi; python -c "import torch, transformers; print('torch', torch.__version__, 'cuda',
@@ -62,9 +62,10 @@ stage build 200 bash -c "PONDER_CUDA=ON CMAKE_CUDA_ARCHITECTURES=90 pip install 
 
 # 2. Every test with a CUDA case (the device fixture's cuda params, the sync check, the
 #    model families on CUDA, PRM formats), then the CPU-vs-CUDA sampler agreement.
-stage tests 110 python -m pytest -q -x -p no:cacheprovider -k "cuda or syncs" \
+stage tests 110 python -m pytest -q -p no:cacheprovider -k "cuda or syncs" \
   tests/kernels tests/models/test_families.py tests/engine/test_step_syncs.py tests/prm \
-  -o junit_family=xunit2 2>&1 | tail -40 > "$OUT/tests.txt"
+  > "$WORK/tests.txt" 2>&1
+tail -60 "$WORK/tests.txt" > "$OUT/tests.txt"
 cat "$OUT/tests.txt"
 
 # 3. Benchmarks on the GPU, each to its own JSON (merged into bench.json at the end).
