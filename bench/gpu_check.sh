@@ -54,11 +54,11 @@ print('transformers', transformers.__version__)"; nproc; } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
 # 1. Build (sm_90 only: the H200; every build here also compiles sm_80).
-stage build 200 bash -c "PONDER_CUDA=ON CMAKE_CUDA_ARCHITECTURES=90 pip install -q --no-deps \
+stage build 200 bash -c "set -o pipefail; PONDER_CUDA=ON CMAKE_CUDA_ARCHITECTURES=90 pip install -q --no-deps \
   --no-build-isolation --no-index -Cbuild-dir=build/gpu -Ccmake.define.PONDER_CUDA=ON \
   -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 . 2>&1 | tail -20 | tee '$OUT/build.txt' &&
   cd '$WORK' && python -c 'import ponder; assert ponder.cuda_available(); print(\"cuda kernels ok\")' \
-  | tee -a '$OUT/build.txt'"
+  2>&1 | tee -a '$OUT/build.txt'"
 
 # 2. Every test with a CUDA case (the device fixture's cuda params, the sync check, the
 #    model families on CUDA, PRM formats), then the CPU-vs-CUDA sampler agreement.
