@@ -121,10 +121,12 @@ def kv_append(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor,
 def attention(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               block_tables: torch.Tensor, seq_lens: torch.Tensor,
               cu_query_lens: torch.Tensor | None, scale: float, max_seq_len: int,
-              num_splits: int = 1, workspace: torch.Tensor | None = None) -> torch.Tensor:
+              num_splits: int = 1, workspace: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """``ponder.ops.paged_attention`` without its checks, split-KV as planned by
-    :func:`attention_plan`."""
-    out = torch.empty_like(query)
+    :func:`attention_plan`; into ``out`` when given."""
+    if out is None:
+        out = torch.empty_like(query)
     _core.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens, out,
                           float(scale), max_seq_len=max_seq_len, workspace=workspace,
                           num_splits=num_splits, stream=stream(query))
@@ -142,7 +144,7 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
            seq_ids: torch.Tensor, positions: torch.Tensor, num_logprobs: int):
     """``ponder.ops.sample`` without its parameter checks: (tokens, logprobs, top_ids,
     top_logprobs) on the logits' device."""
-    n, dev = logits.shape[0], logits.device
+    n, dev = (logits.shape[0] if logits.dim() > 0 else 0), logits.device
     out = (torch.empty(n, dtype=torch.int64, device=dev),
            torch.empty(n, dtype=torch.float32, device=dev),
            torch.empty(n, num_logprobs, dtype=torch.int64, device=dev),
@@ -155,11 +157,13 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
 def prm_head(hidden: torch.Tensor, rows: torch.Tensor, w2: torch.Tensor,
              b2: torch.Tensor | None, w1: torch.Tensor | None,
              b1: torch.Tensor | None) -> torch.Tensor:
-    """``ponder.ops.prm_head`` without its index check: float32 scores per row."""
-    out = torch.empty(rows.shape[0], dtype=torch.float32, device=hidden.device)
+    """``ponder.ops.prm_head`` without its index check: float32 scores per row. (Shapes
+    and dtypes are still the binding's to report: sizes here are read defensively.)"""
+    num_rows = rows.shape[0] if rows.dim() == 1 else 0
+    out = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
     workspace = None
-    if hidden.is_cuda and w1 is not None:
-        workspace = torch.empty(rows.shape[0] * w1.shape[0], dtype=torch.float32,
+    if hidden.is_cuda and w1 is not None and w1.dim() == 2:
+        workspace = torch.empty(num_rows * w1.shape[0], dtype=torch.float32,
                                 device=hidden.device)
     _core.prm_head(hidden, rows, w2, b2, w1, b1, out, workspace=workspace,
                    stream=stream(hidden))

@@ -88,8 +88,7 @@ def paged_kv_append(
         live = slot_mapping[slot_mapping >= 0]
         if torch.unique(live).numel() != live.numel():
             raise ValueError("slot_mapping repeats a slot")
-    _core.paged_kv_append(key, value, k_cache, v_cache, slot_mapping,
-                          stream=kernels.stream(k_cache))
+    kernels.kv_append(key, value, k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(
@@ -157,16 +156,12 @@ def paged_attention(
                          f"{list(query.shape)}")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] > 0 else 1.0
-    if out is None:
-        out = torch.empty_like(query)
     workspace, num_splits = None, 1
     if query.is_cuda:
         workspace, num_splits, max_seq_len = _cuda_prepare(
             query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq_len)
-    _core.paged_attention(query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens, out,
-                          float(scale), max_seq_len=max_seq_len or 0, workspace=workspace,
-                          num_splits=num_splits, stream=kernels.stream(query))
-    return out
+    return kernels.attention(query, k_cache, v_cache, block_tables, seq_lens, cu_query_lens,
+                             scale, max_seq_len or 0, num_splits, workspace, out=out)
 
 
 def _cuda_prepare(query, k_cache, block_tables, seq_lens, cu_query_lens, max_seq_len):
@@ -334,19 +329,11 @@ def sample(
         raise TypeError(f"num_logprobs must be an int, got {type(num_logprobs).__name__}")
     if num_logprobs < 0:
         raise ValueError(f"num_logprobs must be >= 0, got {num_logprobs}")
-    num_rows = logits.shape[0] if logits.dim() > 0 else 0
     if logits.is_cuda:
-        _check_sampling_params(num_rows, temperature, top_p, min_p)
-    device = logits.device
-    out = SampleOutput(
-        torch.empty(num_rows, dtype=torch.int64, device=device),
-        torch.empty(num_rows, dtype=torch.float32, device=device),
-        torch.empty(num_rows, num_logprobs, dtype=torch.int64, device=device),
-        torch.empty(num_rows, num_logprobs, dtype=torch.float32, device=device),
-    )
-    _core.sample(logits, temperature, top_k, top_p, min_p, seeds, seq_ids, positions, *out,
-                 num_logprobs=num_logprobs, stream=kernels.stream(logits))
-    return out
+        _check_sampling_params(logits.shape[0] if logits.dim() > 0 else 0, temperature, top_p,
+                               min_p)
+    return SampleOutput(*kernels.sample(logits, temperature, top_k, top_p, min_p, seeds,
+                                        seq_ids, positions, num_logprobs))
 
 
 def _check_sampling_params(num_rows, temperature, top_p, min_p):
@@ -534,16 +521,9 @@ def prm_head(
     _same_device(hidden, "hidden", rows=rows, w2=w2, b2=b2, w1=w1, b1=b1)
     if hidden.dim() == 2 and hidden.shape[1] > 1 and hidden.stride(1) != 1:
         hidden = hidden.contiguous()
-    num_rows = rows.shape[0] if rows.dim() == 1 else 0
     if hidden.is_cuda and hidden.dim() == 2 and rows.dim() == 1 and rows.dtype == torch.int64:
         _check_range(rows, "rows", 0, hidden.shape[0], error=IndexError)
-    out = torch.empty(num_rows, dtype=torch.float32, device=hidden.device)
-    workspace = None
-    if hidden.is_cuda and w1 is not None and w1.dim() == 2:
-        workspace = torch.empty(num_rows * w1.shape[0], dtype=torch.float32, device=hidden.device)
-    _core.prm_head(hidden, rows, w2, b2, w1, b1, out, workspace=workspace,
-                   stream=kernels.stream(hidden))
-    return out
+    return kernels.prm_head(hidden, rows, w2, b2, w1, b1)
 
 
 class DecodeLayers:

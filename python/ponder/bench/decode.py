@@ -78,11 +78,11 @@ def _median_s(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def run_case(path: str, batches: list[int], args) -> list[dict]:
+def run_case(name: str, path: str, batches: list[int], args) -> list[dict]:
     import ponder
 
     dtype = getattr(torch, args.dtype)
-    vocab = SHAPES[args.current][1]["vocab_size"]
+    vocab = SHAPES[name][1]["vocab_size"]
     g = torch.Generator().manual_seed(0)
     need = -(-(args.prompt_tokens + args.max_tokens) // 16) * max(batches) + 16
     eng = ponder.Engine(path, dtype=args.dtype, device=args.device, kv_blocks=need)
@@ -101,7 +101,7 @@ def run_case(path: str, batches: list[int], args) -> list[dict]:
             outs = eng.generate(lists, sp, chat=False)
             assert all(len(o.outputs[0].token_ids) == args.max_tokens for o in outs)
 
-        row = dict(model=args.current, batch=b, prompt_tokens=args.prompt_tokens,
+        row = dict(model=name, batch=b, prompt_tokens=args.prompt_tokens,
                    max_tokens=args.max_tokens)
         s = _median_s(ponder_run, args.repeats, args.device)
         row["ponder_tok_s"] = round(b * args.max_tokens / s, 1)
@@ -147,11 +147,10 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         if name not in SHAPES:
             p.error(f"unknown model {name!r} (known: {', '.join(SHAPES)})")
-        args.current = name
         d = tempfile.mkdtemp(prefix=f"ponder-bench-{name}-")
         try:
             write_model(name, d, getattr(torch, args.dtype))
-            rows += run_case(d, batches, args)
+            rows += run_case(name, d, batches, args)
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         finally:
